@@ -1,0 +1,139 @@
+"""The study journal: ``JOURNAL.jsonl`` (append-only, hash-chained) and ``JOURNAL.head.json`` (a witness
+of its length and last line, so that a removed last entry is caught).
+
+Each line is the canonical JSON of one entry. Entry ``seq`` n carries ``prev_sha256`` = sha256 of line
+n-1's bytes; entry 0 carries ``prev_sha256: null`` and is the freeze, whose ``lock_digest`` is the base
+lock's digest. Appends take an exclusive ``flock`` and rewrite both files atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import ChainBroken, StageRefused
+from .fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, utc_now
+from .provenance import git_info
+
+JOURNAL = "JOURNAL.jsonl"
+HEAD = "JOURNAL.head.json"
+ACCESS_LEVELS = ("nothing_run", "texts_seen", "labels_frozen", "scores_seen")
+
+
+@dataclass(frozen=True)
+class Journal:
+    entries: list[dict]
+    lines: list[bytes]
+
+    @property
+    def access_level(self) -> str:
+        """The furthest access level any stage has reached (levels only move forward)."""
+        reached = [ACCESS_LEVELS.index(e["access_level"]) for e in self.entries]
+        return ACCESS_LEVELS[max(reached, default=0)]
+
+    def stages(self, stage: str) -> list[dict]:
+        return [e for e in self.entries if e["stage"] == stage]
+
+
+def read_journal(study_dir: Path) -> Journal:
+    """Read and verify the chain and the head witness; raise ChainBroken naming the first bad entry."""
+    path = Path(study_dir) / JOURNAL
+    head_path = Path(study_dir) / HEAD
+    if not path.exists():
+        if head_path.exists():
+            raise ChainBroken(f"{path} is missing but {HEAD} witnesses a journal", hint="restore the journal from git")
+        return Journal([], [])
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raise ChainBroken(f"{path}: the last line is incomplete (no newline)", hint="restore the journal from git")
+    lines = raw.splitlines()
+    entries = []
+    prev = None
+    for seq, line in enumerate(lines):
+        where = f"{path}:{seq + 1}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ChainBroken(f"{where}: not valid JSON ({exc.msg})", hint="the journal is append-only; restore it from git") from exc
+        if canonical_json(entry) != line:
+            raise ChainBroken(f"{where}: the entry is not in canonical form, so it was edited", hint="restore the journal from git")
+        if entry.get("seq") != seq:
+            raise ChainBroken(f"{where}: seq is {entry.get('seq')!r}, expected {seq} (an entry was removed or reordered)")
+        if entry.get("prev_sha256") != prev:
+            raise ChainBroken(f"{where}: prev_sha256 does not match the previous entry (an entry was edited, removed or inserted)")
+        prev = sha256_bytes(line)
+        entries.append(entry)
+    _check_head(head_path, len(lines), prev)
+    return Journal(entries, lines)
+
+
+def _check_head(head_path: Path, length: int, last: str | None) -> None:
+    if not head_path.exists():
+        if length:
+            raise ChainBroken(f"{head_path} is missing; it witnesses the journal's length", hint="restore it from git")
+        return
+    try:
+        head = json.loads(head_path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise ChainBroken(f"{head_path}: not valid JSON") from exc
+    if head.get("length") != length or head.get("last_sha256") != last:
+        raise ChainBroken(
+            f"{head_path} witnesses {head.get('length')} entries ending in {str(head.get('last_sha256'))[:12]}, "
+            f"but {JOURNAL} has {length} ending in {str(last)[:12]} (an entry was removed, added or edited)",
+            hint="restore JOURNAL.jsonl and JOURNAL.head.json from git")
+
+
+@contextmanager
+def _locked(study_dir: Path):
+    lock_path = Path(study_dir) / ".JOURNAL.lock"
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def append_entry(study_dir: Path, stage: str, *, inputs: dict[str, str], outputs: dict[str, str],
+                 access_level: str, lock_digest: str | None = None, details: dict | None = None,
+                 started_utc: str | None = None) -> dict:
+    """Append one stage entry. ``lock_digest`` defaults to the lock in force (base or last amendment).
+
+    The entry records the access level the stage needed; the journal's level is the furthest any entry
+    reached, so levels only move forward. Only the freeze may be the first entry (StageRefused otherwise).
+    """
+    if access_level not in ACCESS_LEVELS:
+        raise ValueError(f"`access_level` must be one of {ACCESS_LEVELS}, got {access_level!r}")
+    study_dir = Path(study_dir)
+    with _locked(study_dir):
+        journal = read_journal(study_dir)
+        if lock_digest is None:
+            from .lock import current_lock_digest  # local import: lock imports journal
+            lock_digest = current_lock_digest(study_dir)
+        if not journal.entries and stage != "prereg":
+            raise StageRefused(f"the journal of {study_dir} has no freeze entry; stage {stage!r} cannot be first",
+                               hint=f"run `lockstep prereg {study_dir}` first")
+        now = utc_now()
+        entry = {
+            "seq": len(journal.entries),
+            "stage": stage,
+            "started_utc": started_utc or now,
+            "finished_utc": now,
+            "inputs": dict(sorted(inputs.items())),
+            "outputs": dict(sorted(outputs.items())),
+            "access_level": access_level,
+            "tool_version": __version__,
+            "git": git_info(study_dir),
+            "prev_sha256": sha256_bytes(journal.lines[-1]) if journal.lines else None,
+            "lock_digest": lock_digest,
+        }
+        if details:
+            entry["details"] = details
+        line = canonical_json(entry)
+        atomic_write(study_dir / JOURNAL, b"".join(l + b"\n" for l in journal.lines) + line + b"\n")
+        atomic_write(study_dir / HEAD, pretty_json({"length": len(journal.lines) + 1, "last_sha256": sha256_bytes(line)}))
+    return entry

@@ -1,0 +1,339 @@
+"""The study model: load the four plan files, validate them against the schemas and the cross-file
+rules, and hand every later stage one :class:`Study`.
+
+Validation reports every problem at once (file, line, JSON pointer, what was expected) by raising a
+single :class:`~lockstep.errors.SchemaError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from .errors import ProblemList
+from .loaders import Parsed, pointer_of, read_jsonl, read_yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+PLAN_FILES = ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_UNIT_ID = re.compile(r"^L(\d+)([EH])(\d+)$")
+
+
+@cache
+def schema(name: str) -> dict:
+    """The published JSON Schema ``schemas/<name>.schema.json``."""
+    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+@cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study plan. ``spec`` is study.yaml; ``prompts`` the prompt records in file order."""
+
+    root: Path
+    study_id: str
+    design: str
+    spec: dict
+    prompts: list[dict]
+    rubric: dict
+    thresholds: dict[str, float]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def prompts_in(self, split: str | None = None, cls: str | None = None) -> list[dict]:
+        return [p for p in self.prompts if (split is None or p["split"] == split) and (cls is None or p["class"] == cls)]
+
+    def analysis(self, analysis_id: str) -> dict:
+        return next(a for a in self.spec["analyses"] if a["id"] == analysis_id)
+
+    def target(self, unit_id: str) -> dict:
+        return next(t for t in self.spec["units"]["targets"] if t["id"] == unit_id)
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, NFKC, whitespace collapsed: the form the split-overlap rule compares."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
+    """Load and validate the study in ``root``; ``files`` overrides where each plan file is read from
+    (the effective plan after amendments). Raises SchemaError listing every problem."""
+    root = Path(root)
+    files = {name: root / name for name in PLAN_FILES} | dict(files or {})
+    problems = ProblemList()
+    study = read_yaml(files["study.yaml"], "study.yaml", problems)
+    prompts = read_jsonl(files["prompts.jsonl"], "prompts.jsonl", problems)
+    rubric = read_yaml(files["rubric.yaml"], "rubric.yaml", problems)
+    thresholds = read_yaml(files["thresholds.yaml"], "thresholds.yaml", problems)
+
+    _check_schema("study", "study.yaml", study, problems)
+    _check_schema("rubric", "rubric.yaml", rubric, problems)
+    _check_schema("thresholds", "thresholds.yaml", thresholds, problems)
+    design = study.data.get("design") if isinstance(study.data, dict) else None
+    if prompts.data is not None:
+        prompt_schema = "prompt-ablation" if design == "ablation" else "prompt-routing"
+        for index, record in enumerate(prompts.data):
+            if record is not None:
+                _check_schema(prompt_schema, "prompts.jsonl", Parsed(record, {}), problems,
+                              base=f"/{index}", line=prompts.lines.get(f"/{index}"))
+
+    if not problems.problems:
+        _cross_checks(root, study, prompts, rubric, thresholds, problems)
+    problems.raise_if_any(hint="correct the files listed, then run `lockstep validate` again")
+    spec = study.data
+    return Study(
+        root=root,
+        study_id=spec["study_id"],
+        design=spec["design"],
+        spec=spec,
+        prompts=list(prompts.data),
+        rubric=rubric.data,
+        thresholds={k: float(v["value"]) for k, v in thresholds.data["thresholds"].items()},
+        files=files,
+    )
+
+
+def _check_schema(name: str, file: str, parsed: Parsed, problems: ProblemList, *, base: str = "", line: int | None = None) -> None:
+    if parsed.data is None:
+        return
+    for error in sorted(_validator(name).iter_errors(parsed.data), key=lambda e: list(e.absolute_path)):
+        pointer = base + pointer_of(error.absolute_path)
+        where = line if line is not None else parsed.line_of(pointer_of(error.absolute_path))
+        problems.add(file, pointer, _describe(error), where)
+
+
+def _describe(error) -> str:
+    if error.validator == "additionalProperties":
+        return f"{error.message}; allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}"
+    if error.validator in ("enum", "const"):
+        expected = error.validator_value if error.validator == "enum" else [error.validator_value]
+        return f"{error.instance!r} is not allowed; expected one of {', '.join(map(repr, expected))}"
+    if error.validator == "type":
+        return f"expected {error.validator_value}, found {type(error.instance).__name__} {error.instance!r}"
+    return error.message
+
+
+def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, thresholds: Parsed, problems: ProblemList) -> None:
+    spec, records = study.data, prompts.data
+    if any(r is None for r in records):
+        return
+
+    def add(file: str, parsed: Parsed, pointer: str, message: str) -> None:
+        problems.add(file, pointer, message, parsed.line_of(pointer))
+
+    if spec["study_id"] != root.name:
+        add("study.yaml", study, "/study_id", f"is {spec['study_id']!r} but the folder is {root.name!r}; they must match")
+
+    _check_model(spec, study, add)
+    _unique_ids(spec, study, add)
+    threshold_names = set(thresholds.data["thresholds"])
+    runs = {r["id"] for r in spec["runtime"]["runs"]}
+    targets = {t["id"]: (i, t) for i, t in enumerate(spec["units"]["targets"])}
+    classes = {r["class"] for r in records}
+    splits = {r["split"] for r in records}
+    labels = set(rubric.data.get("labels", {}))
+
+    for i, (tid, (_, target)) in enumerate(targets.items()):
+        _check_target_id(spec["units"]["kind"], target, f"/units/targets/{i}", study, add)
+
+    alpha = spec["inference"]["alpha_threshold"]
+    if alpha not in threshold_names:
+        add("study.yaml", study, "/inference/alpha_threshold", f"names {alpha!r}, which is not in thresholds.yaml; defined: {', '.join(sorted(threshold_names))}")
+
+    analyses = {a["id"] for a in spec["analyses"]}
+    for i, hyp in enumerate(spec["hypotheses"]):
+        if hyp["analysis"] not in analyses:
+            add("study.yaml", study, f"/hypotheses/{i}/analysis", f"names analysis {hyp['analysis']!r}, which is not defined; defined: {', '.join(sorted(analyses))}")
+        for j, name in enumerate(hyp["thresholds"]):
+            if name not in threshold_names:
+                add("study.yaml", study, f"/hypotheses/{i}/thresholds/{j}", f"names threshold {name!r}, which is not in thresholds.yaml")
+
+    for i, analysis in enumerate(spec["analyses"]):
+        at = f"/analyses/{i}"
+        if "unit" in analysis and analysis["unit"] not in targets:
+            add("study.yaml", study, f"{at}/unit", f"names unit {analysis['unit']!r}, which is not a target in /units/targets")
+        for j, tid in enumerate(analysis.get("targets", [])):
+            if tid not in targets:
+                add("study.yaml", study, f"{at}/targets/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
+        for key, values in (("run", [analysis.get("run")]), ("runs", analysis.get("runs", []))):
+            for j, run in enumerate(values):
+                if run is not None and run not in runs:
+                    pointer = f"{at}/{key}" if key == "run" else f"{at}/runs/{j}"
+                    add("study.yaml", study, pointer, f"names run {run!r}, which is not in /runtime/runs")
+        if "split" in analysis and analysis["split"] not in splits:
+            add("study.yaml", study, f"{at}/split", f"names split {analysis['split']!r}; prompts.jsonl has {', '.join(sorted(splits))}")
+        groups = analysis.get("groups")
+        if groups:
+            known = classes if groups["by"] == "prompt_class" else labels
+            where = "prompt classes in prompts.jsonl" if groups["by"] == "prompt_class" else "labels in rubric.yaml"
+            for side in ("a", "b"):
+                if groups[side] not in known:
+                    add("study.yaml", study, f"{at}/groups/{side}", f"{groups[side]!r} is not one of the {where}: {', '.join(sorted(known))}")
+        for key in ("classes",):
+            for side, value in (analysis.get(key) or {}).items():
+                if value not in classes:
+                    add("study.yaml", study, f"{at}/{key}/{side}", f"{value!r} is not a prompt class in prompts.jsonl")
+        for side, value in (analysis.get("register") or {}).items():
+            if value not in labels:
+                add("study.yaml", study, f"{at}/register/{side}", f"{value!r} is not a label in rubric.yaml")
+        for key in ("pairs", "control"):
+            if key in analysis and analysis[key] not in classes:
+                add("study.yaml", study, f"{at}/{key}", f"{analysis[key]!r} is not a prompt class in prompts.jsonl")
+
+    if spec["design"] == "ablation":
+        ablation = spec["ablation"]
+        for key in ("combined", "combined_only"):
+            for j, tid in enumerate(ablation.get(key, [])):
+                if tid not in targets:
+                    add("study.yaml", study, f"/ablation/{key}/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
+        if ablation["kind"] == "mean" and ablation.get("reference_split") not in splits:
+            add("study.yaml", study, "/ablation/reference_split", f"names split {ablation.get('reference_split')!r}, which no prompt has")
+    else:
+        if rubric.data["kind"] == "none":
+            add("rubric.yaml", rubric, "/kind", "is 'none' but a routing study labels generated text; use lexicon, judge or human")
+        _check_anchors(records, prompts, problems)
+        _check_pairs(records, prompts, problems)
+
+    _check_split_overlap(records, prompts, problems, spec["design"])
+    _check_rubric(rubric, problems)
+    _check_extra_files(root, spec, study, add)
+
+
+def _check_model(spec: dict, study: Parsed, add) -> None:
+    model = spec["model"]
+    if model["source"] == "hub" and not _HEX40.match(model["revision"]) and model.get("revision_policy", "pinned") != "record_at_first_capture":
+        add("study.yaml", study, "/model/revision",
+            f"{model['revision']!r} is not a 40-hex commit; pin the commit, or set revision_policy: record_at_first_capture")
+
+
+def _unique_ids(spec: dict, study: Parsed, add) -> None:
+    for key, items in (("hypotheses", spec["hypotheses"]), ("analyses", spec["analyses"]),
+                       ("exclusions", spec.get("exclusions", [])), ("units/targets", spec["units"]["targets"]),
+                       ("runtime/runs", spec["runtime"]["runs"])):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item["id"] in seen:
+                add("study.yaml", study, f"/{key}/{i}/id", f"duplicate id {item['id']!r} (also at /{key}/{seen[item['id']]}); ids must be unique")
+            seen.setdefault(item["id"], i)
+
+
+def _check_target_id(kind: str, target: dict, at: str, study: Parsed, add) -> None:
+    match = _UNIT_ID.match(target["id"])
+    field_name, letter = ("expert", "E") if kind == "expert" else ("head", "H")
+    if field_name not in target:
+        add("study.yaml", study, at, f"a {kind} target needs `{field_name}`")
+        return
+    if not match or match.group(2) != letter or int(match.group(1)) != target["layer"] or int(match.group(3)) != target[field_name]:
+        add("study.yaml", study, f"{at}/id", f"{target['id']!r} does not match layer {target['layer']} {field_name} {target[field_name]}; expected 'L{target['layer']}{letter}{target[field_name]}'")
+
+
+def _check_anchors(records: list[dict], prompts: Parsed, problems: ProblemList) -> None:
+    for i, record in enumerate(records):
+        text = normalise_text(record["text"])
+        for j, anchor in enumerate(record["anchors"]):
+            pattern = r"(?<!\w)" + re.escape(normalise_text(anchor)) + r"(?!\w)"
+            if not re.search(pattern, text):
+                problems.add("prompts.jsonl", f"/{i}/anchors/{j}",
+                             f"anchor {anchor!r} does not occur in the prompt text of {record['id']!r}; an anchor must appear as a whole word or phrase",
+                             prompts.lines.get(f"/{i}"))
+
+
+def _check_pairs(records: list[dict], prompts: Parsed, problems: ProblemList) -> None:
+    by_id = {r["id"]: r for r in records}
+    for i, record in enumerate(records):
+        other = record.get("pair")
+        if other is None:
+            continue
+        line = prompts.lines.get(f"/{i}")
+        if other not in by_id:
+            problems.add("prompts.jsonl", f"/{i}/pair", f"names prompt {other!r}, which does not exist", line)
+        elif by_id[other]["class"] == record["class"]:
+            problems.add("prompts.jsonl", f"/{i}/pair", f"pairs with {other!r} of the same class {record['class']!r}; a pair matches two classes", line)
+        elif by_id[other]["split"] != record["split"]:
+            problems.add("prompts.jsonl", f"/{i}/pair", f"pairs with {other!r} in split {by_id[other]['split']!r}; both members of a pair belong to one split", line)
+
+
+def _prompt_texts(record: dict) -> list[str]:
+    return [record[k] for k in ("text", "clean", "corrupted") if k in record]
+
+
+def _check_split_overlap(records: list[dict], prompts: Parsed, problems: ProblemList, design: str) -> None:
+    seen_ids: dict[str, int] = {}
+    first_split: dict[str, tuple[str, str, bool]] = {}
+    for i, record in enumerate(records):
+        line = prompts.lines.get(f"/{i}")
+        if record["id"] in seen_ids:
+            problems.add("prompts.jsonl", f"/{i}/id", f"duplicate id {record['id']!r} (first on line {seen_ids[record['id']]}); ids must be unique", line)
+        seen_ids.setdefault(record["id"], line or 0)
+        for text in _prompt_texts(record):
+            for key, exact in ((text, True), (normalise_text(text), False)):
+                tag = ("exact:" if exact else "norm:") + key
+                if tag in first_split and first_split[tag][0] != record["split"]:
+                    other_split, other_id, _ = first_split[tag]
+                    how = "the same text" if exact else "the same text after case and whitespace normalisation"
+                    problems.add("prompts.jsonl", f"/{i}", f"{record['id']!r} ({record['split']}) has {how} as {other_id!r} ({other_split}); splits must not overlap", line)
+                    break
+                first_split.setdefault(tag, (record["split"], record["id"], exact))
+
+
+def _check_rubric(rubric: Parsed, problems: ProblemList) -> None:
+    data = rubric.data
+    if data["kind"] == "none":
+        return
+
+    def add(pointer: str, message: str) -> None:
+        problems.add("rubric.yaml", pointer, message, rubric.line_of(pointer))
+
+    labels = set(data["labels"])
+    if data["target_label"] not in labels:
+        add("/target_label", f"{data['target_label']!r} is not one of the labels: {', '.join(sorted(labels))}")
+    lexicon = data.get("lexicon")
+    if not lexicon:
+        return
+    sets = set(lexicon["sets"])
+    for name, feature in lexicon["features"].items():
+        ref = next(iter(feature.values()))
+        if ref not in sets:
+            add(f"/lexicon/features/{name}", f"refers to set {ref!r}, which is not in /lexicon/sets")
+    for i, rule in enumerate(lexicon["rules"]):
+        if rule["label"] not in labels:
+            add(f"/lexicon/rules/{i}/label", f"{rule['label']!r} is not one of the labels")
+        for key in ("all", "any"):
+            for j, condition in enumerate(rule.get(key, [])):
+                if condition["feature"] not in lexicon["features"]:
+                    add(f"/lexicon/rules/{i}/{key}/{j}/feature", f"{condition['feature']!r} is not in /lexicon/features")
+    if lexicon["otherwise"] not in labels:
+        add("/lexicon/otherwise", f"{lexicon['otherwise']!r} is not one of the labels")
+
+
+def inside(root: Path, relative: str) -> bool:
+    """True when ``relative`` resolves to a path inside ``root`` (no ``..`` escape, no absolute path)."""
+    if Path(relative).is_absolute():
+        return False
+    resolved = (root / relative).resolve()
+    return resolved == root.resolve() or root.resolve() in resolved.parents
+
+
+def _check_extra_files(root: Path, spec: dict, study: Parsed, add) -> None:
+    for i, relative in enumerate(spec.get("files", [])):
+        if not inside(root, relative):
+            add("study.yaml", study, f"/files/{i}", f"{relative!r} points outside the study folder; study files must live inside it")
+        elif not (root / relative).is_file():
+            add("study.yaml", study, f"/files/{i}", f"{relative!r} does not exist in the study folder")
+        elif relative in PLAN_FILES:
+            add("study.yaml", study, f"/files/{i}", f"{relative!r} is always frozen; list only extra files")
+
+
+def frozen_file_names(spec: dict[str, Any]) -> list[str]:
+    """Every file the lock covers: the four plan files plus any extra files the plan names."""
+    return sorted(set(PLAN_FILES) | set(spec.get("files", [])))

@@ -1,0 +1,192 @@
+"""A reviewer's verify: a flat, numbered sequence of ``verify_*`` steps, each raising or returning a note.
+
+``verify_study`` runs every step and reports each; the gate (:mod:`lockstep.gate`) runs the same steps
+and stops at the first failure. Exit codes: 0 intact, 1 altered or tampered, 2 not frozen or usage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ChainBroken, LockMismatch, LockstepError, NotLocked
+from .journal import read_journal
+from .lock import (AMENDMENT_LOCK, LOCK, SUMS, amendment_dirs, file_differences, read_lock, study_dir_iv)
+from .provenance import blob_at, commit_exists, repo_root, staged_blob
+from .errors import GitError
+
+
+@dataclass
+class Context:
+    """What the steps share: the study folder, the repository (if any), and what earlier steps read."""
+
+    study_dir: Path
+    staged: bool = False
+    allow_draft: bool = False
+    root: Path | None = None
+    lock: dict | None = None
+    amendments: list[dict] = field(default_factory=list)
+    journal: object | None = None
+
+
+def verify_lock_present(ctx: Context) -> str:
+    if not (ctx.study_dir / LOCK).exists():
+        raise NotLocked(f"{ctx.study_dir} is not frozen: {LOCK} is missing",
+                        hint=f"run `make prereg STUDY={ctx.study_dir.name}` (or `lockstep prereg {ctx.study_dir}`) first")
+    return f"{LOCK} present"
+
+
+def verify_lock_body(ctx: Context) -> str:
+    ctx.lock = read_lock(ctx.study_dir / LOCK)
+    return f"lock body intact, digest {ctx.lock['lock_digest'][:12]}"
+
+
+def _reader(ctx: Context, folder: Path):
+    if not ctx.staged:
+        return None
+    rel = folder.resolve().relative_to(ctx.root)
+    return lambda name: staged_blob(ctx.root, (rel / name).as_posix())
+
+
+def verify_files_match_lock(ctx: Context) -> str:
+    diffs = file_differences(ctx.study_dir, ctx.lock["files"], _reader(ctx, ctx.study_dir))
+    if diffs:
+        where = "the git index" if ctx.staged else "the working tree"
+        raise LockMismatch(f"frozen files differ from the lock in {where}:\n" + "\n".join(f"  - {d}" for d in diffs),
+                           hint=f"restore them (git checkout -- {ctx.study_dir}); a change to a frozen plan is an amendment (`lockstep amend`)")
+    return f"{len(ctx.lock['files'])} frozen files match the lock"
+
+
+def verify_sha256sums(ctx: Context) -> str:
+    path = ctx.study_dir / SUMS
+    if not path.exists():
+        raise LockMismatch(f"{path} is missing", hint="restore it from git")
+    listed = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name] = digest
+    want = {name: entry["sha256"] for name, entry in ctx.lock["files"].items()}
+    if listed != want:
+        raise LockMismatch(f"{path} does not list the lock's digests", hint="restore it from git")
+    return f"{SUMS} agrees with the lock"
+
+
+def verify_git_commit(ctx: Context) -> str:
+    commit = ctx.lock["git"]["commit"]
+    if ctx.root is None:
+        return "no git repository here; commit check skipped (run verify inside the study's repository)"
+    if ctx.lock["git"]["dirty"]:
+        return f"frozen with --allow-dirty from commit {str(commit)[:12]}; no commit holds the frozen bytes of {', '.join(ctx.lock['git']['dirty_files'])}"
+    if commit is None:
+        raise LockMismatch("the lock names no commit but says the tree was clean")
+    if not commit_exists(ctx.root, commit):
+        raise LockMismatch(f"the lock's commit {commit[:12]} is not in this repository",
+                           hint="fetch the full history (git fetch --unshallow) and verify again")
+    rel = ctx.study_dir.resolve().relative_to(ctx.root)
+    wrong = [name for name, entry in ctx.lock["files"].items()
+             if (data := blob_at(ctx.root, commit, (rel / name).as_posix())) is None or _sha(data) != entry["sha256"]]
+    if wrong:
+        raise LockMismatch(f"commit {commit[:12]} does not hold the frozen bytes of {', '.join(sorted(wrong))}")
+    return f"commit {commit[:12]} holds the frozen bytes"
+
+
+def _sha(data: bytes) -> str:
+    from .fsio import sha256_bytes
+    return sha256_bytes(data)
+
+
+def verify_amendments(ctx: Context) -> str:
+    parent = ctx.lock["lock_digest"]
+    ctx.amendments = []
+    for folder in amendment_dirs(ctx.study_dir):
+        if not (folder / AMENDMENT_LOCK).exists():
+            if ctx.allow_draft:
+                continue
+            raise ChainBroken(f"amendment {folder.name} is open (not frozen)",
+                              hint=f"freeze it with `lockstep amend {ctx.study_dir} --freeze`, or remove {folder}")
+        body = read_lock(folder / AMENDMENT_LOCK)
+        if body["kind"] != "amendment" or body["amendment"]["parent_digest"] != parent:
+            raise ChainBroken(f"amendment {folder.name}: parent_digest does not match the lock before it (the amendment chain is broken)")
+        diffs = file_differences(folder, body["files"], _reader(ctx, folder))
+        if diffs:
+            raise LockMismatch(f"amendment {folder.name} files differ from its lock:\n" + "\n".join(f"  - {d}" for d in diffs))
+        ctx.amendments.append(body)
+        parent = body["lock_digest"]
+    return f"{len(ctx.amendments)} amendment(s) chained" if ctx.amendments else "no amendments"
+
+
+def verify_journal(ctx: Context) -> str:
+    ctx.journal = read_journal(ctx.study_dir)
+    entries = ctx.journal.entries
+    if not entries:
+        raise ChainBroken(f"{ctx.study_dir}/JOURNAL.jsonl has no entries; the freeze writes the first one",
+                          hint=f"run `lockstep prereg {ctx.study_dir}` to record the freeze")
+    if entries[0]["stage"] != "prereg" or entries[0]["lock_digest"] != ctx.lock["lock_digest"]:
+        raise ChainBroken("the journal's first entry is not the freeze of this lock")
+    known = {ctx.lock["lock_digest"], *(a["lock_digest"] for a in ctx.amendments)}
+    stray = [e["seq"] for e in entries if e["lock_digest"] not in known]
+    if stray:
+        raise ChainBroken(f"journal entries {stray} name a lock digest that is neither the lock nor an amendment")
+    return f"journal chain and head intact ({len(entries)} entries, access level {ctx.journal.access_level})"
+
+
+STEPS: list[Callable[[Context], str]] = [
+    verify_lock_present,
+    verify_lock_body,
+    verify_files_match_lock,
+    verify_sha256sums,
+    verify_git_commit,
+    verify_amendments,
+    verify_journal,
+]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    number: int
+    name: str
+    ok: bool
+    message: str
+    exit_code: int = 0
+
+
+def make_context(study_dir: Path, *, staged: bool = False, allow_draft: bool = False) -> Context:
+    study_dir = study_dir_iv(study_dir)
+    try:
+        root = repo_root(study_dir)
+    except GitError:
+        if staged:
+            raise
+        root = None
+    return Context(study_dir=study_dir, staged=staged, allow_draft=allow_draft, root=root)
+
+
+def run_steps(ctx: Context, steps=None) -> list[StepResult]:
+    """Run every step in order; stop after the first failure (later steps depend on earlier ones)."""
+    results = []
+    for number, step in enumerate(steps or STEPS, start=1):
+        try:
+            message = step(ctx)
+        except LockstepError as exc:
+            results.append(StepResult(number, step.__name__, False, exc.message + (f" (fix: {exc.hint})" if exc.hint else ""), exc.exit_code))
+            break
+        results.append(StepResult(number, step.__name__, True, message))
+    return results
+
+
+def exit_code_of(results: list[StepResult]) -> int:
+    failed = [r for r in results if not r.ok]
+    return failed[0].exit_code if failed else 0
+
+
+def render(results: list[StepResult], as_json: bool = False) -> str:
+    if as_json:
+        code = exit_code_of(results)
+        return json.dumps({"ok": code == 0, "exit_code": code,
+                           "steps": [r.__dict__ for r in results]}, indent=2, sort_keys=True)
+    lines = [f"{r.number:2d}. {'ok  ' if r.ok else 'FAIL'} {r.name}: {r.message}" for r in results]
+    code = exit_code_of(results)
+    lines.append("verify: intact" if code == 0 else f"verify: {'NOT FROZEN' if code == 2 else 'ALTERED'} (exit {code})")
+    return "\n".join(lines)
