@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,8 @@ def read_journal(study_dir: Path) -> Journal:
         where = f"{path}:{seq + 1}"
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ChainBroken(f"{where}: not valid JSON ({exc.msg})", hint="the journal is append-only; restore it from git") from exc
+        except ValueError as exc:  # JSON or UTF-8
+            raise ChainBroken(f"{where}: not valid JSON ({exc})", hint="the journal is append-only; restore it from git") from exc
         if canonical_json(entry) != line:
             raise ChainBroken(f"{where}: the entry is not in canonical form, so it was edited", hint="restore the journal from git")
         if entry.get("seq") != seq:
@@ -78,7 +79,7 @@ def _check_head(head_path: Path, length: int, last: str | None) -> None:
         return
     try:
         head = json.loads(head_path.read_bytes())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise ChainBroken(f"{head_path}: not valid JSON") from exc
     if head.get("length") != length or head.get("last_sha256") != last:
         raise ChainBroken(
@@ -89,13 +90,13 @@ def _check_head(head_path: Path, length: int, last: str | None) -> None:
 
 @contextmanager
 def _locked(study_dir: Path):
-    lock_path = Path(study_dir) / ".JOURNAL.lock"
-    with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Exclusive lock on the study folder itself (no lock file to leave behind or commit)."""
+    fd = os.open(study_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def append_entry(study_dir: Path, stage: str, *, inputs: dict[str, str], outputs: dict[str, str],

@@ -79,7 +79,13 @@ def read_yaml(path: Path, name: str, problems: ProblemList) -> Parsed:
     _walk_node(node, "", lines, problems, name)
     if len(problems.problems) > before:
         return Parsed(None, lines)
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # e.g. a python/object tag the safe loader refuses
+        mark = getattr(exc, "problem_mark", None)
+        problems.add(name, "", f"not valid YAML for lockstep: {getattr(exc, 'problem', None) or exc}",
+                     mark.line + 1 if mark is not None else None)
+        return Parsed(None, lines)
     if not isinstance(data, dict):
         problems.add(name, "", f"expected a YAML mapping at the top, found {type(data).__name__}", 1)
         return Parsed(None, lines)

@@ -62,7 +62,7 @@ def read_lock(path: Path) -> dict:
     """Parse a lock and check its schema and digest; LockMismatch if its body was edited."""
     try:
         body = json.loads(path.read_bytes())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError covers JSON and UTF-8 errors
         raise LockMismatch(f"{path} cannot be read as JSON ({exc})", hint="restore the lock from git") from exc
     errors = sorted(_validator("lock").iter_errors(body), key=lambda e: list(e.absolute_path))
     if errors:

@@ -80,14 +80,25 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
     _check_schema("rubric", "rubric.yaml", rubric, problems)
     _check_schema("thresholds", "thresholds.yaml", thresholds, problems)
     design = study.data.get("design") if isinstance(study.data, dict) else None
+    valid_records: list[int] = []
     if prompts.data is not None:
         prompt_schema = "prompt-ablation" if design == "ablation" else "prompt-routing"
         for index, record in enumerate(prompts.data):
             if record is not None:
+                before = len(problems.problems)
                 _check_schema(prompt_schema, "prompts.jsonl", Parsed(record, {}), problems,
                               base=f"/{index}", line=prompts.lines.get(f"/{index}"))
+                if len(problems.problems) == before:
+                    valid_records.append(index)
 
-    if not problems.problems:
+    # Cross-file rules run on whatever passed its schema, so one bad field does not hide other problems.
+    bad_files = {p.file for p in problems.problems if p.file != "prompts.jsonl"}
+    if prompts.data is not None:
+        _prompt_checks(prompts, design, problems)
+    if rubric.data is not None and "rubric.yaml" not in bad_files:
+        _check_rubric(rubric, problems)
+    parsed_all = all(p.data is not None for p in (study, prompts, rubric, thresholds))
+    if parsed_all and not bad_files and len(valid_records) == len(prompts.data):
         _cross_checks(root, study, prompts, rubric, thresholds, problems)
     problems.raise_if_any(hint="correct the files listed, then run `lockstep validate` again")
     spec = study.data
@@ -125,8 +136,6 @@ def _describe(error) -> str:
 
 def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, thresholds: Parsed, problems: ProblemList) -> None:
     spec, records = study.data, prompts.data
-    if any(r is None for r in records):
-        return
 
     def add(file: str, parsed: Parsed, pointer: str, message: str) -> None:
         problems.add(file, pointer, message, parsed.line_of(pointer))
@@ -198,15 +207,18 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
                     add("study.yaml", study, f"/ablation/{key}/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
         if ablation["kind"] == "mean" and ablation.get("reference_split") not in splits:
             add("study.yaml", study, "/ablation/reference_split", f"names split {ablation.get('reference_split')!r}, which no prompt has")
-    else:
-        if rubric.data["kind"] == "none":
-            add("rubric.yaml", rubric, "/kind", "is 'none' but a routing study labels generated text; use lexicon, judge or human")
+    elif rubric.data["kind"] == "none":
+        add("rubric.yaml", rubric, "/kind", "is 'none' but a routing study labels generated text; use lexicon, judge or human")
+    _check_extra_files(root, spec, study, add)
+
+
+def _prompt_checks(prompts: Parsed, design: str | None, problems: ProblemList) -> None:
+    """Rules within prompts.jsonl, on every record whose fields have the types the rule reads."""
+    records = [(i, r) for i, r in enumerate(prompts.data) if isinstance(r, dict)]
+    if design != "ablation":
         _check_anchors(records, prompts, problems)
         _check_pairs(records, prompts, problems)
-
-    _check_split_overlap(records, prompts, problems, spec["design"])
-    _check_rubric(rubric, problems)
-    _check_extra_files(root, spec, study, add)
+    _check_split_overlap(records, prompts, problems)
 
 
 def _check_model(spec: dict, study: Parsed, add) -> None:
@@ -237,10 +249,12 @@ def _check_target_id(kind: str, target: dict, at: str, study: Parsed, add) -> No
         add("study.yaml", study, f"{at}/id", f"{target['id']!r} does not match layer {target['layer']} {field_name} {target[field_name]}; expected 'L{target['layer']}{letter}{target[field_name]}'")
 
 
-def _check_anchors(records: list[dict], prompts: Parsed, problems: ProblemList) -> None:
-    for i, record in enumerate(records):
+def _check_anchors(records: list[tuple[int, dict]], prompts: Parsed, problems: ProblemList) -> None:
+    for i, record in records:
+        if not (isinstance(record.get("text"), str) and isinstance(record.get("anchors"), list)):
+            continue  # the schema has reported it
         text = normalise_text(record["text"])
-        for j, anchor in enumerate(record["anchors"]):
+        for j, anchor in enumerate(a for a in record["anchors"] if isinstance(a, str)):
             pattern = r"(?<!\w)" + re.escape(normalise_text(anchor)) + r"(?!\w)"
             if not re.search(pattern, text):
                 problems.add("prompts.jsonl", f"/{i}/anchors/{j}",
@@ -248,11 +262,12 @@ def _check_anchors(records: list[dict], prompts: Parsed, problems: ProblemList) 
                              prompts.lines.get(f"/{i}"))
 
 
-def _check_pairs(records: list[dict], prompts: Parsed, problems: ProblemList) -> None:
-    by_id = {r["id"]: r for r in records}
-    for i, record in enumerate(records):
+def _check_pairs(records: list[tuple[int, dict]], prompts: Parsed, problems: ProblemList) -> None:
+    records = [(i, r) for i, r in records if _has_strings(r, "id", "class", "split")]
+    by_id = {r["id"]: r for _, r in records}
+    for i, record in records:
         other = record.get("pair")
-        if other is None:
+        if not isinstance(other, str):
             continue
         line = prompts.lines.get(f"/{i}")
         if other not in by_id:
@@ -263,27 +278,34 @@ def _check_pairs(records: list[dict], prompts: Parsed, problems: ProblemList) ->
             problems.add("prompts.jsonl", f"/{i}/pair", f"pairs with {other!r} in split {by_id[other]['split']!r}; both members of a pair belong to one split", line)
 
 
+def _has_strings(record: dict, *keys: str) -> bool:
+    return all(isinstance(record.get(k), str) for k in keys)
+
+
 def _prompt_texts(record: dict) -> list[str]:
-    return [record[k] for k in ("text", "clean", "corrupted") if k in record]
+    return [record[k] for k in ("text", "clean", "corrupted") if isinstance(record.get(k), str)]
 
 
-def _check_split_overlap(records: list[dict], prompts: Parsed, problems: ProblemList, design: str) -> None:
+def _check_split_overlap(records: list[tuple[int, dict]], prompts: Parsed, problems: ProblemList) -> None:
     seen_ids: dict[str, int] = {}
-    first_split: dict[str, tuple[str, str, bool]] = {}
-    for i, record in enumerate(records):
+    earlier: dict[str, list[tuple[str, str, str]]] = {}  # normalised text -> [(split, id, exact text)]
+    for i, record in records:
+        if not _has_strings(record, "id", "split"):
+            continue  # the schema has reported it
         line = prompts.lines.get(f"/{i}")
         if record["id"] in seen_ids:
             problems.add("prompts.jsonl", f"/{i}/id", f"duplicate id {record['id']!r} (first on line {seen_ids[record['id']]}); ids must be unique", line)
         seen_ids.setdefault(record["id"], line or 0)
+        reported: set[str] = set()
         for text in _prompt_texts(record):
-            for key, exact in ((text, True), (normalise_text(text), False)):
-                tag = ("exact:" if exact else "norm:") + key
-                if tag in first_split and first_split[tag][0] != record["split"]:
-                    other_split, other_id, _ = first_split[tag]
-                    how = "the same text" if exact else "the same text after case and whitespace normalisation"
-                    problems.add("prompts.jsonl", f"/{i}", f"{record['id']!r} ({record['split']}) has {how} as {other_id!r} ({other_split}); splits must not overlap", line)
-                    break
-                first_split.setdefault(tag, (record["split"], record["id"], exact))
+            key = normalise_text(text)
+            for split, other_id, other_text in earlier.get(key, []):
+                if split == record["split"] or other_id in reported:
+                    continue
+                reported.add(other_id)
+                how = "the same text" if other_text == text else "the same text after case and whitespace normalisation"
+                problems.add("prompts.jsonl", f"/{i}", f"{record['id']!r} ({record['split']}) has {how} as {other_id!r} ({split}); splits must not overlap", line)
+            earlier.setdefault(key, []).append((record["split"], record["id"], text))
 
 
 def _check_rubric(rubric: Parsed, problems: ProblemList) -> None:

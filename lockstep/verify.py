@@ -64,7 +64,11 @@ def verify_sha256sums(ctx: Context) -> str:
     if not path.exists():
         raise LockMismatch(f"{path} is missing", hint="restore it from git")
     listed = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LockMismatch(f"{path} is not UTF-8 text, so it was altered", hint="restore it from git") from exc
+    for line in text.splitlines():
         digest, _, name = line.partition("  ")
         listed[name] = digest
     want = {name: entry["sha256"] for name, entry in ctx.lock["files"].items()}

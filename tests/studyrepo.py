@@ -1,0 +1,37 @@
+"""Helpers for tests: real git repositories in temp dirs holding copies of the shipped studies."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STUDIES = REPO / "preregistrations"
+PLAN_FILES = ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml")
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def commit_all(repo: Path, message: str = "commit") -> str:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=lockstep-tests", "-c", "user.email=tests@lockstep.invalid", "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+def copy_study(name: str, repo: Path, as_name: str | None = None) -> Path:
+    """Copy the plan files of a shipped study (never its lock or journal) into ``repo``."""
+    dest = repo / "preregistrations" / (as_name or name)
+    dest.mkdir(parents=True)
+    for file in PLAN_FILES:
+        shutil.copyfile(STUDIES / name / file, dest / file)
+        (dest / file).chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    return dest
+
+
+def make_writable(path: Path) -> None:
+    path.chmod(path.stat().st_mode | stat.S_IWUSR)
