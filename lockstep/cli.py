@@ -101,12 +101,30 @@ def amend(study_dir: Path, replaces: tuple[str, ...], reason: str, seen: str | N
 @click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
 @click.option("--staged", is_flag=True, help="Check the git index instead of the working tree (pre-commit hook).")
 def verify(target: Path, as_json: bool, staged: bool) -> None:
-    """Re-check every hash and the order of the stages. Exit 0 intact, 1 altered, 2 not frozen."""
-    from .verify import exit_code_of, make_context, render, run_steps
+    """Re-check every hash and the order of the stages (a study folder or a bundle).
 
-    results = run_steps(make_context(target, staged=staged))
+    Exit 0 intact, 1 altered or tampered, 2 not frozen or usage.
+    """
+    from audit.chain import CHAIN_STEPS
+
+    from .bundle import unpacked
+    from .verify import STEPS, exit_code_of, make_context, render, run_steps
+
+    with unpacked(target) as study_dir:
+        results = run_steps(make_context(study_dir, staged=staged), STEPS + ([] if staged else CHAIN_STEPS))
     click.echo(render(results, as_json))
     sys.exit(exit_code_of(results))
+
+
+@cli.command()
+@STUDY_DIR
+@click.option("--out", type=click.Path(path_type=Path), help="Archive to write (default: reports/<study>/<study>.bundle.tar.gz).")
+def bundle(study_dir: Path, out: Path | None) -> None:
+    """Write one archive with plan, lock, journal, captured tables, labels, ledger and report."""
+    from .bundle import write_bundle
+
+    path = write_bundle(study_dir, out)
+    click.echo(f"wrote {path}; a reviewer runs `lockstep verify {path}`")
 
 
 @cli.command()
@@ -124,11 +142,11 @@ def journal(study_dir: Path) -> None:
 
 def _register_stage_commands() -> None:
     """Stage packages contribute their commands to the one group."""
-    try:
-        from capture.cli import capture as capture_command
-    except ModuleNotFoundError:  # capture is being written alongside; remove once capture/cli.py lands
-        return
-    cli.add_command(capture_command)
+    from audit.cli import audit, label, review
+    from capture.cli import capture
+
+    for command in (capture, label, audit, review):
+        cli.add_command(command)
 
 
 @cli.command()
@@ -137,8 +155,9 @@ def demo(study_dir: Path) -> None:
     """Run the whole pipeline on the embedded synthetic demo study."""
     ctx = click.get_current_context()
     ctx.invoke(prereg, study_dir=study_dir, allow_dirty=False)
-    if "capture" in cli.commands:
-        ctx.invoke(cli.commands["capture"], study_dir=study_dir)
+    for stage in ("capture", "label", "audit"):
+        click.echo(f"== {stage}")
+        ctx.invoke(cli.commands[stage], study_dir=study_dir)
 
 
 def main() -> None:

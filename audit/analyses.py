@@ -1,0 +1,295 @@
+"""The preregistered analyses, each a function of the frozen plan and the captured, labelled runs.
+
+Every analysis returns an :class:`Outcome`: the quantities its thresholds compare against, whether the
+primary criterion passed (the test at alpha in the preregistered direction), the numbers and tables
+behind it, warnings, and — when data are missing or too few — why it is not established.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+import stats
+
+from .data import RunData
+
+
+@dataclass
+class Outcome:
+    analysis_id: str
+    kind: str
+    quantities: dict[str, float] = field(default_factory=dict)
+    primary_passed: bool = False
+    primary_text: str = ""
+    numbers: dict[str, float | str | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    not_established: str | None = None
+    facts: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    alpha: float
+    n_resamples: int
+    exact_cap: int
+    seed: int
+    n_boot: int = 1999
+
+
+def _groups(run: RunData, analysis: dict, split: str | None) -> tuple[pd.DataFrame, np.ndarray]:
+    prompts = run.prompts if split is None else run.prompts[run.prompts["split"] == split]
+    column = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
+    keep = prompts[column].isin([analysis["groups"]["a"], analysis["groups"]["b"]])
+    prompts = prompts[keep].reset_index(drop=True)
+    return prompts, (prompts[column] == analysis["groups"]["a"]).to_numpy()
+
+
+def _exclude_empty(run: RunData, prompts: pd.DataFrame, zone: str, out: Outcome) -> pd.DataFrame:
+    count = prompts[f"n_{zone}"] if f"n_{zone}" in prompts else None
+    if count is None:
+        return prompts
+    empty = prompts[count == 0]
+    if len(empty):
+        out.warnings.append(f"{len(empty)} prompt(s) excluded for an empty {zone} zone: {', '.join(empty['prompt_id'])}")
+    return prompts[count > 0].reset_index(drop=True)
+
+
+def _direction_ok(diff: float, tails: str) -> bool:
+    return diff > 0 if tails == "greater" else diff < 0 if tails == "less" else diff != 0
+
+
+def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outcome, unit: str, suffix: str = "") -> bool:
+    prompts, group = _groups(run, analysis, analysis.get("split"))
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    group = (prompts["prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"] == analysis["groups"]["a"]).to_numpy()
+    x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
+    if unit not in ids:
+        out.not_established = f"unit {unit} is not in the captured run {run.run_id} (the model has {len(ids)} units)"
+        return False
+    values = x[:, ids.index(unit)]
+    finite = np.isfinite(values)
+    if (~finite).any():
+        out.warnings.append(f"{int((~finite).sum())} prompt(s) have no {analysis['metric']} for {unit} (never selected) and are left out")
+    values, group, prompts = values[finite], group[finite], prompts[finite].reset_index(drop=True)
+    n_a, n_b = int(group.sum()), int((~group).sum())
+    if min(n_a, n_b) < 2:
+        out.not_established = f"too few prompts: {n_a} in {analysis['groups']['a']} and {n_b} in {analysis['groups']['b']} (need 2 each)"
+        return False
+    rng = np.random.default_rng(settings.seed)
+    effect = stats.compare_groups(values[group], values[~group], ids_a=list(prompts["prompt_id"][group]),
+                                  ids_b=list(prompts["prompt_id"][~group]), n_boot=settings.n_boot, rng=rng)
+    test = stats.permutation_test(values, group, statistic=analysis.get("statistic", "welch_t"),
+                                  alternative=analysis.get("tails", "two-sided"), n_resamples=settings.n_resamples,
+                                  exact_cap=settings.exact_cap, rng=np.random.default_rng(settings.seed))
+    p = float(test.pvalue)
+    out.quantities.update({f"p{suffix}": p, f"ratio{suffix}": effect.ratio, f"cohen_d{suffix}": effect.cohen_d,
+                           f"hedges_g{suffix}": effect.hedges_g, f"auc{suffix}": effect.auc, f"mean_diff{suffix}": effect.mean_diff})
+    out.numbers.update({f"{k}{suffix}": v for k, v in {
+        "n_a": n_a, "n_b": n_b, "mean_a": effect.mean_a, "mean_b": effect.mean_b, "ratio": effect.ratio,
+        "ratio_ci_low": effect.ratio_ci[0], "ratio_ci_high": effect.ratio_ci[1], "cohen_d": effect.cohen_d,
+        "cohen_d_ci_low": effect.cohen_d_ci[0], "cohen_d_ci_high": effect.cohen_d_ci[1], "hedges_g": effect.hedges_g,
+        "auc": effect.auc, "p_value": p, "exact": bool(test.exact), "n_relabelings": int(test.n_resamples),
+        "ranges_overlap": bool(effect.ranges_overlap)}.items()})
+    crossing = set(effect.crossing_a) | set(effect.crossing_b)
+    frame = pd.DataFrame({"analysis_id": analysis["id"], "unit": unit, "run": run.run_id, "zone": analysis["zone"],
+                          "metric": analysis["metric"], "prompt_id": prompts["prompt_id"], "prompt_class": prompts["prompt_class"],
+                          "register_label": prompts["register_label"], "value": values,
+                          "crosses": prompts["prompt_id"].isin(crossing)})
+    out.tables.setdefault("target_values", pd.DataFrame())
+    out.tables["target_values"] = pd.concat([out.tables["target_values"], frame], ignore_index=True)
+    if test.null_distribution is not None and not suffix:
+        out.tables["null_distribution"] = pd.DataFrame({"analysis_id": analysis["id"], "value": np.asarray(test.null_distribution).ravel()})
+        out.numbers["observed_statistic"] = float(test.statistic)
+    passed = p <= settings.alpha and _direction_ok(effect.mean_diff, analysis.get("tails", "two-sided"))
+    out.facts["spill_tokens"] = int(run.prompts["n_spill"].sum())
+    out.facts["anchors_matched"] = True
+    return passed
+
+
+def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "two_group")
+    run = runs(analysis["run"])
+    passed = _two_group_core(run, analysis, settings, out, analysis["unit"])
+    if out.not_established:
+        return out
+    out.primary_passed = passed
+    g = analysis["groups"]
+    out.primary_text = (f"{analysis['unit']} {analysis['metric']} in the {analysis['zone']} zone, {g['a']} vs {g['b']}: "
+                        f"mean {out.numbers['mean_a']:.4g} vs {out.numbers['mean_b']:.4g}, permutation p = {out.quantities['p']:.4g} "
+                        f"({analysis.get('tails', 'two-sided')}; {'exact' if out.numbers['exact'] else 'Monte Carlo'}, "
+                        f"{out.numbers['n_relabelings']} relabelings) against alpha {settings.alpha}")
+    _wsq_table(run, analysis, out)
+    return out
+
+
+def _wsq_table(run: RunData, analysis: dict, out: Outcome) -> None:
+    prompts, group = _groups(run, analysis, analysis.get("split"))
+    rows = []
+    for label, mask in ((analysis["groups"]["a"], group), (analysis["groups"]["b"], ~group)):
+        row = {"analysis_id": analysis["id"], "unit": analysis["unit"], "group": label}
+        for metric in ("W", "S", "Q"):
+            x, ids = run.matrix(analysis["zone"], metric, list(prompts["prompt_id"][mask]))
+            row[metric] = float(np.nanmean(x[:, ids.index(analysis["unit"])])) if mask.any() else float("nan")
+        rows.append(row)
+    out.tables["wsq"] = pd.DataFrame(rows)
+
+
+def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "all_unit_baseline")
+    run = runs(analysis["run"])
+    prompts, _ = _groups(run, analysis, analysis.get("split"))
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    column = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
+    group = (prompts[column] == analysis["groups"]["a"]).to_numpy()
+    if min(group.sum(), (~group).sum()) < 2:
+        out.not_established = f"too few prompts in a group ({int(group.sum())} vs {int((~group).sum())})"
+        return out
+    x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
+    targets = [t["id"] for t in frozen.spec["units"]["targets"] if t["id"] in ids]
+    target = analysis.get("unit") or (targets[0] if targets else None)
+    if target is None or target not in ids:
+        out.not_established = f"the target unit is not among the {len(ids)} captured units"
+        return out
+    x = np.nan_to_num(x, nan=0.0) if analysis["metric"] in ("W", "S") else x
+    result = stats.all_unit_baseline(x, group, unit_ids=ids, target=target, statistic=analysis.get("statistic", "welch_t"),
+                                     alternative=analysis.get("tails", "two-sided"), n_resamples=settings.n_resamples,
+                                     exact_cap=settings.exact_cap, alpha=settings.alpha,
+                                     rng=np.random.default_rng(settings.seed), dtype=np.float64, nan_policy="drop_units")
+    correction = analysis.get("correction", "maxT_stepdown")
+    per_unit_p = {"maxT_stepdown": result.p_maxt_step_down, "maxT_single_step": result.p_maxt_single_step,
+                  "holm": result.p_holm, "fdr_bh": result.q_bh, "none": result.p_uncorrected}[correction]
+    index = ids.index(target)
+    p_target = float(per_unit_p[index])
+    out.quantities.update({"p": p_target, "target_rank": float(result.target_rank), "target_percentile": float(result.target_percentile)})
+    out.numbers.update({"target": target, "correction": correction, "target_p_corrected": p_target,
+                        "target_statistic": float(result.target_statistic), "target_rank": int(result.target_rank),
+                        "family_size": int(result.family_size), "best_unit": result.best_unit,
+                        "best_statistic": float(result.best_statistic), "critical_statistic": float(result.critical_value),
+                        "observed_statistic": float(result.target_statistic), "n_relabelings": int(result.n_resamples),
+                        "exact": bool(result.exact), "dropped_units": len(result.dropped_units)})
+    for flag in getattr(result, "flags", ()) or ():
+        out.warnings.append(str(getattr(flag, "message", flag)))
+    layers_idx = [stats.parse_unit_id(u) for u in ids]
+    out.tables["baseline"] = pd.DataFrame({"analysis_id": analysis["id"], "unit": ids, "layer": [l for l, _, _ in layers_idx],
+                                           "index": [i for _, _, i in layers_idx], "statistic": result.statistic,
+                                           "p_uncorrected": result.p_uncorrected, "p_fwer": per_unit_p, "rank": result.rank,
+                                           "is_target": [u in targets for u in ids]})
+    out.tables["null_distribution"] = pd.DataFrame({"analysis_id": analysis["id"], "value": np.asarray(result.null_max, dtype=float)})
+    out.primary_passed = p_target <= settings.alpha and _direction_ok(float(result.target_statistic), analysis.get("tails", "two-sided"))
+    out.primary_text = (f"{target} ranks {int(result.target_rank)} of {int(result.family_size)} units "
+                        f"(best: {result.best_unit}); {correction} corrected p = {p_target:.4g} against alpha {settings.alpha}")
+    if result.best_unit != target:
+        out.warnings.append(f"the best-separating unit is {result.best_unit}, not the target {target}")
+    out.facts["best_is_target"] = result.best_unit == target
+    return out
+
+
+def reproduction(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "reproduction")
+    first, second = analysis["runs"]
+    ok_first = _two_group_core(runs(first), analysis, settings, out, analysis["unit"], suffix=f"_{first}")
+    if out.not_established:
+        return out
+    ok_second = _two_group_core(runs(second), analysis, settings, out, analysis["unit"], suffix=f"_{second}")
+    if out.not_established:
+        return out
+    r1, r2 = out.quantities[f"ratio_{first}"], out.quantities[f"ratio_{second}"]
+    d1, d2 = out.quantities[f"cohen_d_{first}"], out.quantities[f"cohen_d_{second}"]
+    # how far apart the two ratios are, as a fraction: exp(|ln(r2/r1)|) - 1 (0.5: within a factor of 1.5)
+    rel = float(np.expm1(abs(np.log(r2 / r1)))) if r1 > 0 and r2 > 0 and np.isfinite(r1 * r2) else float("inf")
+    out.quantities.update({"p": max(out.quantities[f"p_{first}"], out.quantities[f"p_{second}"]), "ratio": r2,
+                           "cohen_d": d2, "reproduction_ratio": rel, "reproduction_d": abs(d2 - d1)})
+    out.numbers.update({"ratio_relative_change": rel, "d_abs_change": abs(d2 - d1)})
+    out.primary_passed = ok_first and ok_second
+    out.primary_text = (f"{analysis['unit']}: {first} ratio {r1:.4g} (d {d1:.3g}, p {out.quantities[f'p_{first}']:.3g}); "
+                        f"{second} ratio {r2:.4g} (d {d2:.3g}, p {out.quantities[f'p_{second}']:.3g}); both must pass alpha {settings.alpha}")
+    out.facts["reproduced_runs"] = [first, second]
+    return out
+
+
+def register_vs_class(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "register_vs_class")
+    run = runs(analysis["run"])
+    prompts = run.prompts if "split" not in analysis else run.prompts[run.prompts["split"] == analysis["split"]]
+    prompts = prompts[prompts["prompt_class"].isin(analysis["classes"].values())].reset_index(drop=True)
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
+    if analysis["unit"] not in ids:
+        out.not_established = f"unit {analysis['unit']} is not in the captured run"
+        return out
+    values = x[:, ids.index(analysis["unit"])]
+    register = np.where(prompts["register_label"] == analysis["register"]["target"], "target", "other")
+    if len(prompts) < 4:
+        out.not_established = f"too few prompts ({len(prompts)}) for a model of register and class"
+        return out
+    result = stats.register_analysis(values, prompts["prompt_class"].to_numpy(), register,
+                                     target_class=analysis["classes"]["a"], target_register="target",
+                                     ids=list(prompts["prompt_id"]))
+    coef = result.coefficients.set_index("term")
+    reg, cls = coef.loc["register"], coef.loc["prompt_class"]
+    cells = result.cells.rename(columns={"register": "register_label"})
+    cells["register_label"] = cells["register_label"].map({"target": analysis["register"]["target"], "other": analysis["register"]["other"]}).fillna(cells["register_label"])
+    cells.insert(0, "analysis_id", analysis["id"])
+    out.tables["class_register"] = cells
+    out.numbers.update({"register_effect": float(reg["estimate"]), "register_ci_low": float(reg["ci_low"]),
+                        "register_ci_high": float(reg["ci_high"]), "register_p": float(reg["pvalue"]),
+                        "class_effect": float(cls["estimate"]), "class_ci_low": float(cls["ci_low"]),
+                        "class_ci_high": float(cls["ci_high"]), "class_p": float(cls["pvalue"]),
+                        "crossing_prompts": ", ".join(map(str, result.crossing["item"])) if len(result.crossing) else ""})
+    out.quantities.update({"p": float(reg["pvalue"]), "register_effect": float(reg["estimate"]), "class_effect": float(cls["estimate"])})
+    for flag in result.flags:
+        out.warnings.append(str(getattr(flag, "message", flag)))
+    if not np.isfinite(reg["pvalue"]):
+        out.not_established = "register and prompt class are confounded (no prompt left its class's register), so the model cannot separate them"
+        return out
+    out.primary_passed = reg["pvalue"] <= settings.alpha and reg["estimate"] > 0
+    out.primary_text = (f"{analysis['unit']} {analysis['metric']} ~ register + class: register effect {reg['estimate']:.4g} "
+                        f"[{reg['ci_low']:.3g}, {reg['ci_high']:.3g}], p = {reg['pvalue']:.3g}; class effect {cls['estimate']:.4g} "
+                        f"[{cls['ci_low']:.3g}, {cls['ci_high']:.3g}]")
+    out.facts["register_separated"] = bool(out.primary_passed)
+    return out
+
+
+def wsq_decomposition(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "wsq_decomposition")
+    run = runs(analysis["run"])
+    prompts, group = _groups(run, analysis, analysis.get("split"))
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    group = (prompts["prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"] == analysis["groups"]["a"]).to_numpy()
+    s, ids = run.matrix(analysis["zone"], "S", list(prompts["prompt_id"]))
+    q, _ = run.matrix(analysis["zone"], "Q", list(prompts["prompt_id"]))
+    if analysis["unit"] not in ids:
+        out.not_established = f"unit {analysis['unit']} is not in the captured run"
+        return out
+    j = ids.index(analysis["unit"])
+    result = stats.wsq_decomposition(s[:, j], q[:, j], group, n_boot=settings.n_boot, rng=np.random.default_rng(settings.seed))
+    share = float(result.s_part / result.delta_w) if result.delta_w else float("nan")
+    out.quantities.update({"s_share": share})
+    out.numbers.update({"carrier": result.carrier, "delta_w": float(result.delta_w), "s_part": float(result.s_part), "s_share": share,
+                        "s_a": float(result.s_a), "s_b": float(result.s_b), "q_a": float(result.q_a), "q_b": float(result.q_b)})
+    out.primary_passed = bool(np.isfinite(share))
+    out.primary_text = f"{analysis['unit']}: ΔW = {result.delta_w:.4g}, of which the S part is {share:.0%}; carrier: {result.carrier}"
+    _wsq_table(run, {**analysis, "metric": "W"}, out)
+    return out
+
+
+def ablation_not_captured(frozen, analysis: dict, runs, settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], analysis["kind"])
+    out.not_established = "ablation capture is not available in this version of lockstep, so no margins were measured"
+    return out
+
+
+ANALYSES = {
+    "two_group": two_group,
+    "all_unit_baseline": all_unit_baseline,
+    "reproduction": reproduction,
+    "register_vs_class": register_vs_class,
+    "wsq_decomposition": wsq_decomposition,
+    "ablation_drop": ablation_not_captured,
+    "specificity": ablation_not_captured,
+}

@@ -1,0 +1,86 @@
+"""``lockstep label``, ``lockstep audit`` and ``lockstep review``: thin wrappers over the audit library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+STUDY_DIR = click.argument("study_dir", type=click.Path(path_type=Path))
+
+
+def _run_ids(frozen, run_ids) -> list[str]:
+    return list(run_ids) or [r["id"] for r in frozen.spec["runtime"]["runs"]]
+
+
+@click.command()
+@STUDY_DIR
+@click.option("--run", "run_ids", multiple=True, help="Run id(s) to label (default: every preregistered run).")
+@click.option("--export-sheet", type=click.Path(path_type=Path), help="Human rubric: write a blinded sheet here.")
+@click.option("--import-sheet", type=click.Path(path_type=Path), help="Human rubric: read the filled sheet and freeze it.")
+def label(study_dir: Path, run_ids, export_sheet, import_sheet) -> None:
+    """Apply the frozen rubric to generated texts only, and freeze the labels (before any score is read)."""
+    from lockstep.errors import UsageError
+    from lockstep.gate import require_frozen
+
+    from .data import runs_root
+    from .label import export_sheet as export, import_sheet as import_, label_run
+
+    frozen = require_frozen(study_dir)
+    if frozen.design != "routing":
+        click.echo(f"{study_dir}: an {frozen.design} study has no generated text to label")
+        return
+    ids = _run_ids(frozen, run_ids)
+    if (export_sheet or import_sheet) and len(ids) != 1:
+        raise UsageError("a sheet belongs to one run", hint="name it with --run RUN")
+    for run_id in ids:
+        run_dir = runs_root(frozen) / run_id
+        if export_sheet:
+            click.echo(f"wrote blinded sheet {export(frozen, run_id, run_dir, export_sheet)} for run {run_id}")
+            continue
+        result = import_(frozen, run_id, run_dir, import_sheet) if import_sheet else label_run(frozen, run_id, run_dir)
+        counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
+        click.echo(f"{result.path}: labels frozen ({counts})")
+
+
+@click.command()
+@STUDY_DIR
+def audit(study_dir: Path) -> None:
+    """Compute the preregistered statistics and write the ledger, run cards, tables and report."""
+    from lockstep.gate import require_frozen
+
+    from .ledger import LEDGER, run_audit
+
+    frozen = require_frozen(study_dir)
+    out = run_audit(frozen)
+    import json
+    ledger = json.loads((out / LEDGER).read_text())
+    for claim in ledger["claims"]:
+        click.echo(f"  {claim['hypothesis']:4s} {claim['status']:16s} {claim['claim'][:90]}")
+    for run in ledger["runs"]:
+        click.echo(f"  run {run['run_id']}: {run['status']} ({len(run['warnings'])} warnings); claims {run['review_status']}")
+    click.echo(f"report: {out / 'report.html'}")
+
+
+@click.command()
+@STUDY_DIR
+@click.option("--approve", is_flag=True, required=True, help="Sign off the current ledger.")
+@click.option("--reviewer", required=True, help="Name of the reviewer, recorded in the journal.")
+@click.option("--note", default="", help="What the reviewer checked.")
+def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
+    """Record a named reviewer's approval of the current ledger in the journal."""
+    from lockstep.errors import StageRefused
+    from lockstep.fsio import sha256_file
+    from lockstep.gate import require_frozen
+    from lockstep.journal import append_entry
+
+    from .ledger import LEDGER, reports_dir
+
+    frozen = require_frozen(study_dir)
+    ledger = reports_dir(frozen) / LEDGER
+    if not ledger.exists():
+        raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `make audit STUDY={frozen.study_id}` first")
+    rel = ledger.resolve().relative_to(Path(frozen.repo_root)).as_posix()
+    append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)}, outputs={}, access_level="scores_seen",
+                 details={"decision": "approve", "reviewer": reviewer, "note": note})
+    click.echo(f"{frozen.study_id}: ledger approved by {reviewer}; run `make audit STUDY={frozen.study_id}` to print it as approved")

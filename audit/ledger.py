@@ -1,0 +1,205 @@
+"""The audit: run every preregistered analysis, decide each claim, and write the ledger, run cards,
+tables and report to ``reports/<study>/``.
+
+``compute_ledger`` is pure (same inputs, same ledger, except ``generated_utc``), so a reviewer's verify
+can recompute it and compare with the one on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lockstep import __version__
+from lockstep.fsio import atomic_write, pretty_json, sha256_file, utc_now
+from lockstep.journal import append_entry
+
+from .analyses import ANALYSES, Outcome, Settings
+from .data import RunData, load_run
+from .verdicts import decide, evidence_standard
+
+LEDGER = "ledger.json"
+VOLATILE = ("generated_utc",)
+
+
+def reports_dir(frozen) -> Path:
+    return Path(frozen.repo_root) / "reports" / frozen.study_id
+
+
+def _settings(frozen) -> Settings:
+    inference = frozen.spec["inference"]
+    perms = inference["permutations"]
+    boot = inference.get("bootstrap", {})
+    return Settings(alpha=frozen.thresholds[inference["alpha_threshold"]], n_resamples=perms["n_resamples"],
+                    exact_cap=perms["exact_cap"], seed=perms["seed"], n_boot=boot.get("n_resamples", 1999))
+
+
+def _review_status(frozen) -> str:
+    reviews = [e for e in frozen.journal.entries if e["stage"] == "review" and e.get("details", {}).get("decision") == "approve"]
+    audits = [e for e in frozen.journal.entries if e["stage"] == "audit"]
+    return "approved" if reviews and audits and reviews[-1]["seq"] > audits[-1]["seq"] else "pending_review"
+
+
+def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Run the analyses and decide every claim; return the ledger and the tables behind it."""
+    cache: dict[str, RunData] = {}
+
+    def runs(run_id: str) -> RunData:
+        if run_id not in cache:
+            cache[run_id] = load_run(frozen, run_id)
+        return cache[run_id]
+
+    settings = _settings(frozen)
+    outcomes: dict[str, Outcome] = {}
+    for analysis in frozen.spec["analyses"]:
+        outcomes[analysis["id"]] = ANALYSES[analysis["kind"]](frozen, analysis, runs, settings)
+    claims = []
+    for hypothesis in frozen.spec["hypotheses"]:
+        analysis = frozen.analysis(hypothesis["analysis"])
+        outcome = outcomes[analysis["id"]]
+        verdict = decide(hypothesis, outcome, frozen.thresholds, frozen.design)
+        claims.append({
+            "hypothesis": hypothesis["id"], "claim": hypothesis["claim"], "kind": hypothesis["kind"],
+            "analysis": analysis["id"], "status": verdict.status, "reason": verdict.reason,
+            "review_status": _review_status(frozen),
+            "criteria": [c.to_dict() for c in verdict.criteria],
+            "parameters": verdict.parameters,
+            "evidence_standard": evidence_standard(hypothesis, analysis, outcome, outcomes, verdict, frozen),
+            "numbers": _clean(outcome.numbers), "warnings": outcome.warnings,
+        })
+    ledger = {
+        "schema_version": 1, "study_id": frozen.study_id, "title": frozen.spec["title"], "design": frozen.design,
+        "synthetic": bool(frozen.spec.get("synthetic", False)), "lock_digest": frozen.lock_digest,
+        "generated_utc": utc_now(), "tool_version": __version__,
+        "deviations": _deviations(cache), "amendments": _amendments(frozen),
+        "runs": _run_cards(frozen, cache, claims),
+        "claims": claims,
+    }
+    tables: dict[str, pd.DataFrame] = {}
+    for outcome in outcomes.values():
+        for name, frame in outcome.tables.items():
+            tables[name] = pd.concat([tables[name], frame], ignore_index=True) if name in tables else frame
+    return ledger, tables
+
+
+def _clean(numbers: dict) -> dict:
+    out = {}
+    for key, value in numbers.items():
+        if isinstance(value, float) and value != value:
+            value = None
+        elif isinstance(value, float) and value in (float("inf"), float("-inf")):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def _deviations(cache: dict[str, RunData]) -> list[dict]:
+    out = []
+    for run_id, run in sorted(cache.items()):
+        for deviation in run.manifest.get("deviations", []):
+            detail = deviation if isinstance(deviation, str) else json.dumps(deviation, sort_keys=True)
+            out.append({"kind": "runtime", "detail": f"run {run_id}: {detail}"})
+    return out
+
+
+def _amendments(frozen) -> list[dict]:
+    return [{"id": a["amendment"]["id"], "seen": a["amendment"]["seen"], "post_hoc": a["amendment"]["seen"] == "scores_seen",
+             "reason": a["amendment"]["reason"]} for a in frozen.amendments]
+
+
+def _run_cards(frozen, cache: dict[str, RunData], claims: list[dict]) -> list[dict]:
+    cards = []
+    by_analysis = {a["id"]: a for a in frozen.spec["analyses"]}
+    for run_id, run in sorted(cache.items()):
+        mine = [c for c in claims if c["kind"] == "confirmatory"
+                and run_id in ([by_analysis[c["analysis"]].get("run")] + by_analysis[c["analysis"]].get("runs", []))]
+        warnings = []
+        for c in mine:
+            if c["status"] != "held":
+                warnings.append(f"{c['hypothesis']} {c['status']}: {c['reason']}")
+        counts = run.manifest.get("counts", {})
+        if counts.get("disagreements_outside_near_ties"):
+            warnings.append(f"{counts['disagreements_outside_near_ties']} routing rows disagree with the reconstruction outside near-ties")
+        if counts.get("near_ties"):
+            warnings.append(f"{counts['near_ties']} routing rows are near-ties (k-th vs (k+1)-th score gap below tolerance)")
+        spill = int(run.prompts["n_spill"].sum())
+        if spill:
+            warnings.append(f"{spill} generated tokens spilled past a trim token ({int((run.prompts['n_spill'] > 0).sum())} prompts); claims use the trimmed zone")
+        for deviation in run.manifest.get("deviations", []):
+            warnings.append(f"runtime deviation: {deviation}")
+        failed = [c for c in mine if c["status"] in ("fell", "not_established", "unsupported")]
+        status = "fail" if failed else "pass_with_warnings" if warnings else "pass"
+        cards.append({"run_id": run_id, "status": status, "warnings": warnings,
+                      "claims": {c["hypothesis"]: c["status"] for c in mine}, "review_status": _review_status(frozen)})
+    return cards
+
+
+def ledger_markdown(ledger: dict) -> str:
+    lines = [f"# Evidence ledger: {ledger['title']}", ""]
+    if ledger["synthetic"]:
+        lines += ["> SYNTHETIC study on a built model: these results are about the toolkit, not a real model.", ""]
+    lines += ["## Deviations and amendments", ""]
+    items = [f"- deviation ({d['kind']}): {d['detail']}" for d in ledger["deviations"]]
+    items += [f"- amendment {a['id']} ({'POST HOC, ' if a['post_hoc'] else ''}made with {a['seen']}): {a['reason']}" for a in ledger["amendments"]]
+    lines += (items or ["- none"]) + ["", "## Claims", "", "| Finding | Status | Why |", "|---|---|---|"]
+    for c in ledger["claims"]:
+        why = c["reason"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {c['hypothesis']} ({c['kind']}): {c['claim'].replace('|', '/')} | {c['status']} | {why} |")
+    lines += ["", "## Runs", ""]
+    for r in ledger["runs"]:
+        lines.append(f"- {r['run_id']}: **{r['status']}**, claim review {r['review_status']}")
+        lines += [f"  - warning: {w}" for w in r["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue()
+
+
+def write_reports(frozen, ledger: dict, tables: dict[str, pd.DataFrame]) -> Path:
+    out = reports_dir(frozen)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    for name, frame in sorted(tables.items()):
+        atomic_write(out / "tables" / f"{name}.parquet", _parquet_bytes(frame))
+        atomic_write(out / "tables" / f"{name}.csv", frame.to_csv(index=False).encode())
+    for card in ledger["runs"]:
+        atomic_write(out / f"run_card_{card['run_id']}.json", pretty_json(card | {"study_id": ledger["study_id"], "lock_digest": ledger["lock_digest"]}))
+    atomic_write(out / "ledger.md", ledger_markdown(ledger).encode())
+    atomic_write(out / LEDGER, pretty_json(ledger))
+    from .report import render_report
+    render_report(out)
+    return out
+
+
+def run_audit(frozen) -> Path:
+    """Compute, write, and record the audit (journal: ``scores_seen``)."""
+    started = utc_now()
+    ledger, tables = compute(frozen)
+    out = write_reports(frozen, ledger, tables)
+    root = Path(frozen.repo_root)
+    outputs = {p.resolve().relative_to(root).as_posix(): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    inputs = {}
+    for run in frozen.spec["runtime"]["runs"]:
+        run_dir = root / "runs" / frozen.study_id / run["id"]
+        for name in ("units.parquet", "labels.parquet", "manifest.json"):
+            if (run_dir / name).exists():
+                inputs[(run_dir / name).relative_to(root).as_posix()] = sha256_file(run_dir / name)
+    append_entry(frozen.root, "audit", inputs=inputs, outputs=outputs, access_level="scores_seen", started_utc=started,
+                 details={"claims": {c["hypothesis"]: c["status"] for c in ledger["claims"]},
+                          "runs": {r["run_id"]: r["status"] for r in ledger["runs"]}})
+    return out
+
+
+def comparable(ledger: dict) -> dict:
+    """The ledger without what changes from one computation to the next (time, later review sign-off)."""
+    out = {k: v for k, v in ledger.items() if k not in VOLATILE}
+    out["claims"] = [{k: v for k, v in c.items() if k != "review_status"} for c in ledger["claims"]]
+    out["runs"] = [{k: v for k, v in r.items() if k != "review_status"} for r in ledger["runs"]]
+    return json.loads(json.dumps(out, sort_keys=True))
