@@ -7,7 +7,7 @@ STUDY ?= demo
 STUDY_DIR := preregistrations/$(STUDY)
 STAMP := $(VENV)/.installed
 
-.PHONY: venv prereg capture audit demo test verify clean-venv
+.PHONY: venv prereg capture audit demo test verify browser clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,7 @@ capture: venv
 	$(BIN)/lockstep capture $(STUDY_DIR)
 
 audit: venv
+	$(BIN)/lockstep label $(STUDY_DIR)
 	$(BIN)/lockstep audit $(STUDY_DIR)
 
 verify: venv
@@ -35,7 +36,11 @@ verify: venv
 demo: venv
 	$(BIN)/lockstep demo
 
-test: venv
+# The report test opens report.html in a real headless Chromium (Debian's chromium + chromium-driver).
+browser:
+	tools/install-browser.sh
+
+test: venv browser
 	$(BIN)/python -m pytest -q
 
 clean-venv:

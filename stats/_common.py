@@ -1,0 +1,75 @@
+"""Small shared pieces of :mod:`stats`: named flags, unit ids, generators, frame helpers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Flag", "unit_id", "parse_unit_id"]
+
+_UNIT_RE = re.compile(r"^L(\d+)([A-Z])(\d+)$")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A named warning attached to a result (never raised).
+
+    Attributes
+    ----------
+    code : str
+        Stable machine-readable name, e.g. ``"below_threshold"`` or ``"holm_unreachable"``.
+    message : str
+        One sentence a reader can act on, with the numbers involved.
+    """
+
+    code: str
+    message: str
+
+
+def unit_id(layer: int, index: int, kind: str = "E") -> str:
+    """Return the string id of a unit: ``unit_id(14, 114) == "L14E114"``; ``kind="H"`` for heads."""
+    return f"L{int(layer)}{kind}{int(index)}"
+
+
+def parse_unit_id(uid: str) -> tuple[int, str, int]:
+    """Inverse of :func:`unit_id`: ``"L31H14" -> (31, "H", 14)``."""
+    m = _UNIT_RE.match(uid)
+    if m is None:
+        raise ValueError(f"`unit` {uid!r} is not a unit id like 'L14E114' or 'L31H14'.")
+    return int(m.group(1)), m.group(2), int(m.group(3))
+
+
+def as_generator(rng) -> np.random.Generator:
+    """Accept ``None``, an int seed, or a :class:`numpy.random.Generator`."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise ValueError("`rng` must be None, an int seed or a numpy.random.Generator.")
+
+
+def check_confidence(confidence: float, name: str = "confidence") -> float:
+    if not (isinstance(confidence, (float, int)) and 0.0 < float(confidence) < 1.0):
+        raise ValueError(f"`{name}` must be a number strictly between 0 and 1.")
+    return float(confidence)
+
+
+def as_1d_float(x, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be a 1-D array of numbers.") from exc
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must be a 1-D array of numbers, got {arr.ndim} dimensions.")
+    return arr
+
+
+def as_ids(ids, n: int, name: str, default_prefix: str) -> np.ndarray:
+    if ids is None:
+        return np.array([f"{default_prefix}{i}" for i in range(n)], dtype=object)
+    arr = np.asarray(ids, dtype=object)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"`{name}` must have one id per item ({n}), got shape {arr.shape}.")
+    return arr

@@ -1,0 +1,253 @@
+"""Permutation tests: two-sample relabelings and paired sign flips, exact or Monte Carlo.
+
+Both functions run on one unit (1-D input) or many units at once (N×F input, one column per unit);
+they share the chunked matrix-product engine in :mod:`stats._engine` with the all-unit baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from stats import _engine
+from stats._common import as_generator
+
+__all__ = ["PermutationResult", "permutation_test", "paired_permutation_test"]
+
+#: units for which the full null distribution is kept (P×F floats).
+_KEEP_NULL_UNITS = 16
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """Result of :func:`permutation_test` or :func:`paired_permutation_test`.
+
+    Attributes
+    ----------
+    statistic : numpy.ndarray or float
+        Observed statistic per unit (a float for 1-D input). NaN for a unit that never varies.
+    pvalue : numpy.ndarray or float
+        Permutation p-value per unit (uncorrected). 1.0 for a unit that never varies.
+    null_distribution : numpy.ndarray or None
+        The statistic under every relabeling (shape ``(P,)`` for 1-D input, ``(P, F)`` for up to 16
+        units, else None). For exact two-sided balanced designs each enumerated relabeling appears
+        with its complement.
+    n_resamples : int
+        ``P``, the number of relabelings the p-value is out of (all of them when exact).
+    exact : bool
+        True when every relabeling was enumerated.
+    statistic_name, alternative, design : str
+        What was computed: e.g. ``"welch_t"``, ``"two-sided"``, ``"two_sample"`` or ``"paired"``.
+    unit_ids : numpy.ndarray
+        One id per unit (``"u0"``, ``"u1"`` … when none given).
+    """
+
+    statistic: np.ndarray | float
+    pvalue: np.ndarray | float
+    null_distribution: np.ndarray | None
+    n_resamples: int
+    exact: bool
+    statistic_name: str
+    alternative: str
+    design: str
+    unit_ids: np.ndarray
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per unit: ``unit, statistic, pvalue, n_resamples, exact, statistic_name, alternative, design``."""
+        return pd.DataFrame({
+            "unit": np.asarray(self.unit_ids, dtype=object),
+            "statistic": np.atleast_1d(self.statistic).astype(float),
+            "pvalue": np.atleast_1d(self.pvalue).astype(float),
+            "n_resamples": self.n_resamples,
+            "exact": self.exact,
+            "statistic_name": self.statistic_name,
+            "alternative": self.alternative,
+            "design": self.design,
+        })
+
+
+def _common_iv(x, statistic, alternative, n_resamples, exact_cap, batch, dtype, allowed, unit_ids):
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError("`x` must be a numeric array of shape (N,) or (N, F).") from exc
+    one_d = arr.ndim == 1
+    if one_d:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError("`x` must be a numeric array of shape (N,) or (N, F).")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("`x` contains NaN or infinite values; drop those items or units first.")
+    if statistic not in allowed:
+        raise ValueError(f"`statistic` must be one of {allowed}, got {statistic!r}.")
+    if alternative not in _engine.ALTERNATIVES:
+        raise ValueError(f"`alternative` must be one of {_engine.ALTERNATIVES}, got {alternative!r}.")
+    if not (isinstance(n_resamples, (int, np.integer)) and n_resamples >= 1):
+        raise ValueError("`n_resamples` must be a positive integer.")
+    if not (isinstance(exact_cap, (int, np.integer)) and exact_cap >= 0):
+        raise ValueError("`exact_cap` must be a non-negative integer.")
+    if batch is not None and not (isinstance(batch, (int, np.integer)) and batch >= 1):
+        raise ValueError("`batch` must be None or a positive integer.")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError("`dtype` must be numpy.float32 or numpy.float64.")
+    if unit_ids is None:
+        ids = np.array([f"u{i}" for i in range(arr.shape[1])], dtype=object)
+    else:
+        ids = np.asarray(unit_ids, dtype=object)
+        if ids.shape != (arr.shape[1],):
+            raise ValueError(f"`unit_ids` must have one id per unit ({arr.shape[1]}).")
+    return arr, one_d, ids
+
+
+def _group_iv(group, n):
+    g = np.asarray(group)
+    if g.shape != (n,):
+        raise ValueError(f"`group` must be a boolean mask or 0/1 labels of length {n} (one per item).")
+    if g.dtype != bool:
+        if not np.all(np.isin(g, (0, 1))):
+            raise ValueError("`group` must be a boolean mask or 0/1 labels (1 = first group).")
+        g = g.astype(bool)
+    n1 = int(g.sum())
+    if n1 < 2 or n - n1 < 2:
+        raise ValueError(f"`group` must put at least 2 items in each group, got {n1} and {n - n1}.")
+    return g
+
+
+def _run(arr, mask, statistic, alternative, n_resamples, exact_cap, batch, rng, dtype, ids, one_d,
+         design):
+    n, f = arr.shape
+    prep = _engine.prepare(arr, mask, statistic, dtype)
+    n1 = int(mask.sum()) if mask is not None else 0
+    total = _engine.count_relabelings(design, n, n1)
+    exact = total <= exact_cap
+    nk = int(prep.keep.sum())
+    stat = np.full(f, np.nan)
+    pval = np.ones(f)
+    null = None
+    if nk:
+        batch = batch or _engine.default_batch(nk)
+        if exact:
+            half = _engine.can_halve(design, n, n1, alternative)
+            chunks = _engine.exact_relabelings(design, n, n1, half, batch, prep.z.dtype)
+        else:
+            half = False
+            chunks = _engine.random_relabelings(design, n, n1, n_resamples, as_generator(rng), batch,
+                                                prep.z.dtype)
+        obs_row = mask.astype(float) if mask is not None else np.ones(n)
+        keep_cols = np.arange(nk) if f <= _KEEP_NULL_UNITS else None
+        res = _engine.scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
+                           keep_cols=keep_cols, stepdown=False)
+        stat[prep.keep] = res.observed
+        pval[prep.keep] = _engine.pvalues_from_counts(res.count_unc, res.n_resamples, exact)
+        p_used = res.n_resamples
+        if res.null_keep is not None:
+            null = np.full((p_used, f), np.nan)
+            null[:, prep.keep] = prep.to_stat(res.null_keep)
+    else:
+        p_used = total if exact else n_resamples
+    if one_d:
+        return PermutationResult(float(stat[0]), float(pval[0]), None if null is None else null[:, 0],
+                                 p_used, exact, statistic, alternative, design, ids)
+    return PermutationResult(stat, pval, null, p_used, exact, statistic, alternative, design, ids)
+
+
+def permutation_test(x, group, *, statistic: str = "welch_t", alternative: str = "two-sided",
+                     n_resamples: int = 9_999, exact_cap: int = 200_000, batch: int | None = None,
+                     rng=None, dtype=np.float64, unit_ids=None) -> PermutationResult:
+    """Two-sample permutation test of group A (``group`` True) against group B, per unit.
+
+    Parameters
+    ----------
+    x : array_like, shape (N,) or (N, F)
+        One value per item (prompt), one column per unit. Must be finite.
+    group : array_like of bool or 0/1, shape (N,)
+        True / 1 for group A (e.g. FIRE), at least 2 items in each group.
+    statistic : {"welch_t", "student_t", "mean_diff"}
+        ``mean_diff`` is ``mean(A) - mean(B)``; the t statistics are the usual Welch / pooled ones.
+    alternative : {"two-sided", "greater", "less"}
+        Two-sided counts ``|T| >= |t|``; ``greater`` counts ``T >= t``; ``less`` counts ``T <= t``.
+    n_resamples : int
+        Monte Carlo relabelings when the exact count exceeds ``exact_cap``.
+    exact_cap : int
+        Enumerate all ``C(N, n_A)`` relabelings when there are at most this many
+        (10 vs 10 gives 184,756: exact by default).
+    batch : int, optional
+        Relabelings per matrix product; bounds memory at about ``batch × F`` floats. Results do not
+        depend on it.
+    rng : None, int or numpy.random.Generator
+        Seed for the Monte Carlo relabelings (drawn in fixed blocks: same seed, same answer, any batch).
+    dtype : numpy.float64 or numpy.float32
+        Working precision of the product. float32 is about twice as fast; its sums carry relative
+        error around 1e-6, so the tie tolerance is ``64·eps`` (about 8e-6, relative); p-values can differ from
+        float64 only for relabelings within that tolerance of the observed statistic.
+    unit_ids : sequence of str, optional
+        One id per column.
+
+    Returns
+    -------
+    PermutationResult
+
+    Notes
+    -----
+    Exact: ``p = #{relabelings π : T(π) ≥ t_obs} / C(N, n_A)`` (the identity is one of them).
+    Monte Carlo: ``p = (1 + b) / (1 + P)`` with ``b`` the random relabelings reaching ``t_obs``
+    (Phipson & Smyth 2010). Ties are counted against (see :mod:`stats._engine` for the tolerance).
+    When ``n_A == n_B`` and the test is two-sided, only the relabelings that keep item 0 in group A
+    are computed: each complement has the opposite statistic, so counts double exactly.
+
+    Checked against ``scipy.stats.permutation_test(..., permutation_type="independent",
+    n_resamples=np.inf)`` for exact p-values and ``scipy.stats.ttest_ind`` for the statistics
+    (``tests/stats/test_permutation.py``). scipy's two-sided p is ``2·min(p_less, p_greater)``;
+    it equals this ``|T|`` p-value when the null is symmetric (balanced designs) and the tests
+    compare unbalanced designs with scipy on ``|T|`` and ``alternative="greater"``.
+    """
+    arr, one_d, ids = _common_iv(x, statistic, alternative, n_resamples, exact_cap, batch, dtype,
+                                 _engine.TWO_SAMPLE_STATISTICS, unit_ids)
+    mask = _group_iv(group, arr.shape[0])
+    return _run(arr, mask, statistic, alternative, n_resamples, exact_cap, batch, rng, dtype, ids,
+                one_d, "two_sample")
+
+
+def paired_permutation_test(x, y=None, *, statistic: str = "mean", alternative: str = "two-sided",
+                            n_resamples: int = 9_999, exact_cap: int = 200_000,
+                            batch: int | None = None, rng=None, dtype=np.float64,
+                            unit_ids=None) -> PermutationResult:
+    """Sign-flip test for paired designs (e.g. the margin before and after ablation on one pair).
+
+    Parameters
+    ----------
+    x : array_like, shape (N,) or (N, F)
+        Differences ``d_i`` (``y=None``), or the first measurement of each pair.
+    y : array_like, optional
+        Second measurement; the test is on ``d = x - y``.
+    statistic : {"mean", "paired_t"}
+        Mean difference, or the one-sample t of the differences ``mean/(sd/sqrt(N))``.
+    alternative, n_resamples, exact_cap, batch, rng, dtype, unit_ids
+        As in :func:`permutation_test`; exact enumeration of ``2**N`` sign vectors when at most
+        ``exact_cap`` (N ≤ 17 by default).
+
+    Returns
+    -------
+    PermutationResult
+
+    Notes
+    -----
+    Under the null each difference is symmetric about 0, so the ``2**N`` sign vectors are equally
+    likely. Exact: ``p = #{ε : T(ε·d) ≥ t} / 2**N``; Monte Carlo ``(1 + b)/(1 + P)``.
+    Checked against ``scipy.stats.permutation_test(..., permutation_type="samples",
+    n_resamples=np.inf)`` (``tests/stats/test_permutation.py``).
+    """
+    arr, one_d, ids = _common_iv(x, statistic, alternative, n_resamples, exact_cap, batch, dtype,
+                                 _engine.PAIRED_STATISTICS, unit_ids)
+    if y is not None:
+        yarr, _, _ = _common_iv(y, statistic, alternative, n_resamples, exact_cap, batch, dtype,
+                                _engine.PAIRED_STATISTICS, unit_ids)
+        if yarr.shape != arr.shape:
+            raise ValueError(f"`y` must have the shape of `x` {arr.shape}, got {yarr.shape}.")
+        arr = arr - yarr
+    if arr.shape[0] < 2:
+        raise ValueError("`x` must hold at least 2 pairs.")
+    return _run(arr, None, statistic, alternative, n_resamples, exact_cap, batch, rng, dtype, ids,
+                one_d, "paired")

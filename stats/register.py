@@ -1,0 +1,160 @@
+"""Register vs prompt class: does the unit track the generated register or the prompt label?
+
+The journal's 2×2 (prompt class × generated register) with the unit's value in each cell, and an
+OLS model of the value on both indicators together, so "tracks the generated register rather than
+the prompt label" becomes a coefficient with an interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+
+from stats._common import Flag, as_1d_float, as_ids, check_confidence
+
+__all__ = ["RegisterResult", "register_analysis"]
+
+_COEF_COLUMNS = ("term", "estimate", "std_error", "ci_low", "ci_high", "pvalue")
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """Result of :func:`register_analysis`.
+
+    Attributes
+    ----------
+    cells : pandas.DataFrame
+        Columns ``prompt_class, register, n, mean, sd`` for the four cells (``n = 0`` cells kept).
+    coefficients : pandas.DataFrame
+        Columns ``term, estimate, std_error, ci_low, ci_high, pvalue`` for ``Intercept``,
+        ``register`` (target register vs not, holding class fixed) and ``prompt_class`` (target
+        class vs not, holding register fixed). NaN when the two indicators are confounded.
+    register_effect, class_effect : float
+        The two slopes.
+    crossing : pandas.DataFrame
+        Items whose register is not their class's: ``item, prompt_class, register, value``.
+    n_obs : int
+    cov_type : str
+        The statsmodels covariance used (``"nonrobust"`` by default).
+    formula : str
+    flags : tuple of Flag
+        ``register_confounded_with_class`` (no crossing item: the model cannot separate them),
+        ``empty_cell``, ``leverage_one`` (a robust covariance is undefined for a single-item cell).
+    """
+
+    cells: pd.DataFrame
+    coefficients: pd.DataFrame
+    register_effect: float
+    class_effect: float
+    crossing: pd.DataFrame
+    n_obs: int
+    cov_type: str
+    formula: str
+    confidence: float
+    flags: tuple
+
+    def to_frame(self) -> pd.DataFrame:
+        """The coefficient table (``term, estimate, std_error, ci_low, ci_high, pvalue``)."""
+        return self.coefficients.copy()
+
+
+def _register_iv(value, prompt_class, register, ids, confidence, cov_type):
+    v = as_1d_float(value, "value")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("`value` must be finite (drop prompts with NaN first).")
+    pc = np.asarray(prompt_class, dtype=object)
+    rg = np.asarray(register, dtype=object)
+    if pc.shape != v.shape:
+        raise ValueError(f"`prompt_class` must have one label per item ({v.size}).")
+    if rg.shape != v.shape:
+        raise ValueError(f"`register` must have one label per item ({v.size}).")
+    if v.size < 4:
+        raise ValueError("`value` must hold at least 4 items.")
+    ids = as_ids(ids, v.size, "ids", "p")
+    confidence = check_confidence(confidence)
+    if cov_type not in ("nonrobust", "HC0", "HC1", "HC2", "HC3"):
+        raise ValueError("`cov_type` must be one of 'nonrobust', 'HC0', 'HC1', 'HC2', 'HC3'.")
+    return v, pc, rg, ids, confidence
+
+
+def register_analysis(value, prompt_class, register, *, target_class="FIRE",
+                      target_register="target", ids=None, confidence: float = 0.95,
+                      cov_type: str = "nonrobust") -> RegisterResult:
+    """2×2 prompt class × generated register table and ``value ~ register + prompt_class``.
+
+    Parameters
+    ----------
+    value : array_like, 1-D
+        The unit's per-prompt value (e.g. W of L14E114 in the trimmed generated zone).
+    prompt_class, register : array_like, 1-D
+        Labels per prompt; compared with ``target_class`` and ``target_register`` to make 0/1
+        indicators.
+    ids : sequence of str, optional
+        Prompt ids, used to list the crossing items.
+    confidence : float
+    cov_type : str
+        statsmodels covariance type. ``"nonrobust"`` (default) or HC0–HC3. A single-item cell has
+        leverage 1 and makes HC2/HC3 undefined; that is flagged, never silently replaced.
+
+    Returns
+    -------
+    RegisterResult
+
+    Notes
+    -----
+    OLS via ``statsmodels.formula.api.ols("value ~ register + prompt_class")``; intervals from
+    ``conf_int(alpha=1-confidence)``. With the additive model the register slope is the mean
+    difference between registers within class, pooled across classes; it is identifiable only
+    when some prompt's register differs from its class (the journal's cat-purring control).
+    Checked against the direct statsmodels fit and against cell means in a balanced design
+    (``tests/stats/test_register.py``).
+    """
+    v, pc, rg, ids, confidence = _register_iv(value, prompt_class, register, ids, confidence, cov_type)
+    cls = (pc == target_class).astype(int)
+    reg = (rg == target_register).astype(int)
+    frame = pd.DataFrame({"value": v, "register": reg, "prompt_class": cls})
+    rows = []
+    for c in (1, 0):
+        for r in (1, 0):
+            sel = v[(cls == c) & (reg == r)]
+            rows.append({"prompt_class": target_class if c else f"not_{target_class}",
+                         "register": target_register if r else f"not_{target_register}",
+                         "n": int(sel.size), "mean": float(sel.mean()) if sel.size else np.nan,
+                         "sd": float(sel.std(ddof=1)) if sel.size > 1 else np.nan})
+    cells = pd.DataFrame(rows, columns=["prompt_class", "register", "n", "mean", "sd"])
+    cross = cls != reg
+    crossing = pd.DataFrame({"item": ids[cross], "prompt_class": pc[cross], "register": rg[cross],
+                             "value": v[cross]}, columns=["item", "prompt_class", "register", "value"])
+    flags = []
+    formula = "value ~ register + prompt_class"
+    design = np.column_stack([np.ones(v.size), reg, cls])
+    terms = ["Intercept", "register", "prompt_class"]
+    if (cells["n"] == 0).any():
+        empty = cells.loc[cells["n"] == 0, ["prompt_class", "register"]].astype(str).agg("/".join, axis=1)
+        flags.append(Flag("empty_cell", f"no prompt in cell(s) {', '.join(empty)}"))
+    if np.linalg.matrix_rank(design) < 3:
+        flags.append(Flag("register_confounded_with_class",
+                          "every prompt's register matches its class (or one indicator is constant): "
+                          "register and prompt class cannot be separated"))
+        coef = pd.DataFrame({"term": terms, "estimate": np.nan, "std_error": np.nan, "ci_low": np.nan,
+                             "ci_high": np.nan, "pvalue": np.nan}, columns=list(_COEF_COLUMNS))
+    else:
+        hat = np.einsum("ij,ij->i", design @ np.linalg.pinv(design.T @ design), design)
+        if cov_type in ("HC2", "HC3") and np.any(hat > 1 - 1e-10):
+            flags.append(Flag("leverage_one",
+                              f"{int(np.sum(hat > 1 - 1e-10))} item(s) alone in their cell have leverage "
+                              f"1; {cov_type} standard errors are undefined for them"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fit = smf.ols(formula, data=frame).fit(cov_type=cov_type)
+            ci = fit.conf_int(alpha=1 - confidence)
+        coef = pd.DataFrame({"term": terms, "estimate": fit.params[terms].to_numpy(),
+                             "std_error": fit.bse[terms].to_numpy(),
+                             "ci_low": ci.loc[terms, 0].to_numpy(), "ci_high": ci.loc[terms, 1].to_numpy(),
+                             "pvalue": fit.pvalues[terms].to_numpy()}, columns=list(_COEF_COLUMNS))
+    est = coef.set_index("term")["estimate"]
+    return RegisterResult(cells=cells, coefficients=coef, register_effect=float(est["register"]),
+                          class_effect=float(est["prompt_class"]), crossing=crossing, n_obs=int(v.size),
+                          cov_type=cov_type, formula=formula, confidence=confidence, flags=tuple(flags))

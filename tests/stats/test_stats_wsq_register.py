@@ -1,0 +1,111 @@
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+
+from stats import register_analysis, wsq_decomposition
+
+
+def _routing(rng, n, s_mean, q_mean):
+    s = np.clip(rng.normal(s_mean, 0.05, n), 0, 1)
+    q = rng.normal(q_mean, 0.005, n)
+    return s, q
+
+
+def test_decomposition_identities_hold_exactly():
+    rng = np.random.default_rng(0)
+    sa, qa = _routing(rng, 10, 0.6, 0.11)
+    sb, qb = _routing(rng, 10, 0.05, 0.09)
+    s, q = np.r_[sa, sb], np.r_[qa, qb]
+    g = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+    r = wsq_decomposition(s, q, g, n_boot=500, rng=0)
+    w = s * q
+    assert r.w_a == pytest.approx(w[g].mean()) and r.w_b == pytest.approx(w[~g].mean())
+    assert r.s_part + r.q_part == pytest.approx(r.delta_w, rel=1e-12)
+    assert r.log_ratio_s + r.log_ratio_q == pytest.approx(r.log_ratio_w, rel=1e-12)
+    assert r.w_a == pytest.approx(r.s_a * r.q_a, rel=1e-12)
+
+
+def test_planted_selection_effect_is_an_s_effect():
+    rng = np.random.default_rng(1)
+    sa, qa = _routing(rng, 12, 0.65, 0.12)
+    sb, qb = _routing(rng, 12, 0.03, 0.12)
+    g = np.r_[np.ones(12, bool), np.zeros(12, bool)]
+    r = wsq_decomposition(np.r_[sa, sb], np.r_[qa, qb], g, n_boot=500, rng=0)
+    assert r.carrier == "S" and r.s_share > 0.9 and r.s_share_ci[0] > 2 / 3
+
+
+def test_planted_weight_effect_is_a_q_effect():
+    rng = np.random.default_rng(2)
+    sa, qa = _routing(rng, 12, 0.5, 0.20)
+    sb, qb = _routing(rng, 12, 0.5, 0.05)
+    g = np.r_[np.ones(12, bool), np.zeros(12, bool)]
+    r = wsq_decomposition(np.r_[sa, sb], np.r_[qa, qb], g, n_boot=500, rng=0)
+    assert r.carrier == "Q" and r.s_share < 0.2
+    assert list(r.to_frame()["component"]) == ["S", "Q", "W"]
+
+
+def test_nan_q_where_never_selected():
+    s = np.array([0.7, 0.6, 0.65, 0.0, 0.02, 0.0])
+    q = np.array([0.12, 0.11, 0.125, np.nan, 0.10, np.nan])
+    g = np.array([1, 1, 1, 0, 0, 0], bool)
+    r = wsq_decomposition(s, q, g, n_boot=200, rng=0)
+    assert r.n_q_missing_b == 2 and r.w_b == pytest.approx(0.02 * 0.10 / 3)
+    assert np.isnan(r.d_q)  # one NOFIRE prompt with a Q: no SD
+    with pytest.raises(ValueError, match="`q` is NaN for 1 prompt"):
+        wsq_decomposition(s, np.r_[q[:2], np.nan, q[3:]], g)
+
+
+def test_seed_localisation_numbers_are_consistent():
+    # routing journal, trimmed L14 E114: W = 0.083379, S = 0.694444 (75/108), Q = 0.120066
+    assert 75 / 108 == pytest.approx(0.694444, abs=1e-6)
+    assert 0.694444 * 0.120066 == pytest.approx(0.083379, abs=1e-6)
+
+
+def _register_data():
+    # balanced 2×2, 5 per cell: class FIRE/NOFIRE × register target/other
+    cls = np.repeat(["FIRE", "FIRE", "NOFIRE", "NOFIRE"], 5)
+    reg = np.repeat(["target", "other", "target", "other"], 5)
+    rng = np.random.default_rng(3)
+    value = 0.06 * (reg == "target") + 0.005 * (cls == "FIRE") + rng.normal(0, 0.004, 20)
+    return value, cls, reg
+
+
+def test_register_coefficients_in_a_balanced_design_are_cell_mean_contrasts():
+    value, cls, reg = _register_data()
+    r = register_analysis(value, cls, reg)
+    m = pd.DataFrame({"v": value, "c": cls, "r": reg}).groupby(["c", "r"])["v"].mean()
+    # balanced additive OLS: register slope = average of the within-class register differences
+    reg_ref = ((m["FIRE", "target"] - m["FIRE", "other"]) + (m["NOFIRE", "target"] - m["NOFIRE", "other"])) / 2
+    cls_ref = ((m["FIRE", "target"] - m["NOFIRE", "target"]) + (m["FIRE", "other"] - m["NOFIRE", "other"])) / 2
+    assert r.register_effect == pytest.approx(reg_ref, rel=1e-10)
+    assert r.class_effect == pytest.approx(cls_ref, rel=1e-10)
+    row = r.to_frame().set_index("term").loc["register"]
+    assert row["ci_low"] > 0.05 and row["ci_high"] < 0.07
+    # statsmodels.formula.api.ols("value ~ register + prompt_class").fit().conf_int()
+    fit = smf.ols("v ~ r + c", data=pd.DataFrame({"v": value, "r": (reg == "target").astype(int),
+                                                   "c": (cls == "FIRE").astype(int)})).fit()
+    assert row["ci_low"] == pytest.approx(fit.conf_int().loc["r", 0])
+    assert list(r.cells["n"]) == [5, 5, 5, 5] and len(r.crossing) == 10
+
+
+def test_register_confounded_with_class_is_flagged():
+    v = np.array([0.07, 0.06, 0.065, 0.003, 0.004, 0.002])
+    cls = ["FIRE"] * 3 + ["NOFIRE"] * 3
+    reg = ["target"] * 3 + ["other"] * 3
+    r = register_analysis(v, cls, reg)
+    codes = {f.code for f in r.flags}
+    assert "register_confounded_with_class" in codes and "empty_cell" in codes
+    assert np.isnan(r.register_effect) and r.crossing.empty
+
+
+def test_single_crossing_prompt_and_hc3_leverage_flag():
+    # the journal's pattern: one NOFIRE control (cat purring) crossed into the target register
+    v = np.array([0.07, 0.06, 0.065, 0.004, 0.002, 0.003, 0.05])
+    cls = ["FIRE"] * 3 + ["NOFIRE"] * 4
+    reg = ["target"] * 3 + ["other"] * 3 + ["target"]
+    ids = ["f1", "f2", "f3", "n1", "n2", "n3", "cat"]
+    r = register_analysis(v, cls, reg, ids=ids)
+    assert list(r.crossing["item"]) == ["cat"] and r.register_effect > 0.04
+    r3 = register_analysis(v, cls, reg, ids=ids, cov_type="HC3")
+    assert "leverage_one" in {f.code for f in r3.flags}
