@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lockstep import __version__
-from lockstep.fsio import atomic_write, pretty_json, sha256_file, utc_now
+from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, sha256_file, utc_now
 from lockstep.journal import append_entry
 
 from .analyses import ANALYSES, Outcome, Settings
@@ -39,10 +39,22 @@ def _settings(frozen) -> Settings:
                     exact_cap=perms["exact_cap"], seed=perms["seed"], n_boot=boot.get("n_resamples", 1999))
 
 
-def _review_status(frozen) -> str:
-    reviews = [e for e in frozen.journal.entries if e["stage"] == "review" and e.get("details", {}).get("decision") == "approve"]
-    audits = [e for e in frozen.journal.entries if e["stage"] == "audit"]
-    return "approved" if reviews and audits and reviews[-1]["seq"] > audits[-1]["seq"] else "pending_review"
+def content_digest(ledger: dict) -> str:
+    """sha256 of the ledger's content (no time, no review status): what a reviewer approves."""
+    return sha256_bytes(canonical_json(comparable(ledger)))
+
+
+def _approved_digests(frozen) -> set[str]:
+    return {e["details"]["ledger_digest"] for e in frozen.journal.entries
+            if e["stage"] == "review" and e.get("details", {}).get("decision") == "approve"}
+
+
+def _set_review_status(frozen, ledger: dict) -> dict:
+    """Claims are approved only when a named reviewer approved exactly this content."""
+    state = "approved" if content_digest(ledger) in _approved_digests(frozen) else "pending_review"
+    for item in ledger["claims"] + ledger["runs"]:
+        item["review_status"] = state
+    return ledger
 
 
 def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
@@ -66,7 +78,7 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
         claims.append({
             "hypothesis": hypothesis["id"], "claim": hypothesis["claim"], "kind": hypothesis["kind"],
             "analysis": analysis["id"], "status": verdict.status, "reason": verdict.reason,
-            "review_status": _review_status(frozen),
+            "review_status": "pending_review",
             "criteria": [c.to_dict() for c in verdict.criteria],
             "parameters": verdict.parameters,
             "evidence_standard": evidence_standard(hypothesis, analysis, outcome, outcomes, verdict, frozen),
@@ -80,6 +92,7 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
         "runs": _run_cards(frozen, cache, claims),
         "claims": claims,
     }
+    ledger = _set_review_status(frozen, _clean(ledger))
     tables: dict[str, pd.DataFrame] = {}
     for outcome in outcomes.values():
         for name, frame in outcome.tables.items():
@@ -87,15 +100,19 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
     return ledger, tables
 
 
-def _clean(numbers: dict) -> dict:
-    out = {}
-    for key, value in numbers.items():
-        if isinstance(value, float) and value != value:
-            value = None
-        elif isinstance(value, float) and value in (float("inf"), float("-inf")):
-            value = str(value)
-        out[key] = value
-    return out
+def _clean(value):
+    """JSON-safe copy: NaN becomes null, ±inf the strings "inf"/"-inf", numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return str(value)
+    return value
 
 
 def _deviations(cache: dict[str, RunData]) -> list[dict]:
@@ -135,7 +152,7 @@ def _run_cards(frozen, cache: dict[str, RunData], claims: list[dict]) -> list[di
         failed = [c for c in mine if c["status"] in ("fell", "not_established", "unsupported")]
         status = "fail" if failed else "pass_with_warnings" if warnings else "pass"
         cards.append({"run_id": run_id, "status": status, "warnings": warnings,
-                      "claims": {c["hypothesis"]: c["status"] for c in mine}, "review_status": _review_status(frozen)})
+                      "claims": {c["hypothesis"]: c["status"] for c in mine}, "review_status": "pending_review"})
     return cards
 
 

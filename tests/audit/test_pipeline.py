@@ -1,0 +1,188 @@
+"""End to end, as a user runs it: freeze -> capture -> label -> audit on the planted demo and its null twin,
+in real git repositories; labels before scores; tampering; post-hoc amendments; verify and bundles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from jsonschema import Draft202012Validator
+
+from lockstep.errors import StageRefused
+from lockstep.study import schema
+from studyrepo import commit_all, copy_study, git, make_writable
+
+LOCKSTEP = [sys.executable, "-m", "lockstep"]
+
+
+def lockstep(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*LOCKSTEP, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _captured(tmp_path_factory, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """A repository with the study frozen and captured; returns it and what `lockstep audit` said before labels."""
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    copy_study(name, repo)
+    commit_all(repo, f"add {name}")
+    lockstep("prereg", f"preregistrations/{name}", cwd=repo)
+    commit_all(repo, f"freeze {name}")
+    lockstep("capture", f"preregistrations/{name}", "--no-progress", cwd=repo)
+    early = lockstep("audit", f"preregistrations/{name}", cwd=repo, check=False)
+    return repo, early
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    repo, early = _captured(tmp_path_factory, "demo")
+    lockstep("label", "preregistrations/demo", cwd=repo)
+    lockstep("audit", "preregistrations/demo", cwd=repo)
+    return repo, early
+
+
+@pytest.fixture(scope="module")
+def null_twin(tmp_path_factory):
+    repo, _ = _captured(tmp_path_factory, "demo-null")
+    lockstep("label", "preregistrations/demo-null", cwd=repo)
+    lockstep("audit", "preregistrations/demo-null", cwd=repo)
+    return repo
+
+
+def ledger(repo: Path, study: str) -> dict:
+    return json.loads((repo / "reports" / study / "ledger.json").read_text())
+
+
+def status(repo: Path, study: str) -> dict[str, str]:
+    return {c["hypothesis"]: c["status"] for c in ledger(repo, study)["claims"]}
+
+
+def test_stats_before_labels_are_refused(planted):
+    _, early = planted
+    assert early.returncode == 1 and "Traceback" not in early.stderr
+    assert "labels of run" in early.stderr and "are not frozen after its capture" in early.stderr
+
+
+def test_the_planted_unit_holds_and_ranks_first(planted):
+    repo, _ = planted
+    assert status(repo, "demo")["H1"] == "held"
+    assert status(repo, "demo")["H2"] == "held"
+    baseline = pd.read_parquet(repo / "reports/demo/tables/baseline.parquet")
+    assert baseline.set_index("unit").loc["L1E5", "rank"] == 1
+    assert baseline["rank"].min() == 1 and (baseline["rank"] == 1).sum() == 1
+
+
+def test_the_null_twin_does_not_hold(null_twin):
+    assert status(null_twin, "demo-null")["H1"] != "held"
+    assert status(null_twin, "demo-null")["H2"] != "held"
+
+
+def test_ledger_matches_its_schema_and_run_cards_exist(planted):
+    repo, _ = planted
+    data = ledger(repo, "demo")
+    errors = list(Draft202012Validator(schema("ledger")).iter_errors(data))
+    assert errors == []
+    for run in ("sampled", "greedy"):
+        card = json.loads((repo / f"reports/demo/run_card_{run}.json").read_text())
+        assert card["status"] in ("pass", "pass_with_warnings") and card["review_status"] == "pending_review"
+    assert (repo / "reports/demo/ledger.md").read_text().startswith("# Evidence ledger")
+    assert (repo / "reports/demo/report.html").stat().st_size > 10_000
+
+
+def test_verify_recomputes_the_ledger_and_a_bundle_verifies_elsewhere(planted, tmp_path):
+    repo, _ = planted
+    result = lockstep("verify", "preregistrations/demo", "--json", cwd=repo)
+    steps = {s["name"]: s for s in json.loads(result.stdout)["steps"]}
+    assert steps["verify_ledger"]["ok"] and "equals the one recomputed" in steps["verify_ledger"]["message"]
+    assert steps["verify_stage_order"]["ok"]
+    bundle = lockstep("bundle", "preregistrations/demo", "--out", tmp_path / "demo.bundle.tar.gz", cwd=repo)
+    assert "wrote" in bundle.stdout
+    elsewhere = lockstep("verify", tmp_path / "demo.bundle.tar.gz", "--json", cwd=tmp_path)
+    steps = {s["name"]: s for s in json.loads(elsewhere.stdout)["steps"]}
+    assert "no git repository here" in steps["verify_git_commit"]["message"]
+    assert "equals the one recomputed" in steps["verify_ledger"]["message"]
+
+
+@pytest.fixture
+def scratch(planted, tmp_path):
+    """A copy of the audited planted repository for tests that break things."""
+    repo = tmp_path / "repo"
+    shutil.copytree(planted[0], repo, symlinks=True)
+    return repo
+
+
+def test_a_tampered_label_file_is_refused(scratch):
+    labels = scratch / "runs/demo/sampled/labels.parquet"
+    frame = pd.read_parquet(labels)
+    frame.loc[0, "label"] = "inner" if frame.loc[0, "label"] == "outer" else "outer"
+    frame.to_parquet(labels, index=False)
+    refused = lockstep("audit", "preregistrations/demo", cwd=scratch, check=False)
+    assert refused.returncode == 1 and "differs from the labels frozen in the journal" in refused.stderr
+    verify = lockstep("verify", "preregistrations/demo", cwd=scratch, check=False)
+    assert verify.returncode == 1 and "runs/demo/sampled/labels.parquet" in verify.stdout
+
+
+def test_a_changed_unit_table_breaks_verify(scratch):
+    units = scratch / "runs/demo/sampled/units.parquet"
+    frame = pd.read_parquet(units)
+    frame.loc[frame.index[0], "W"] += 0.5
+    frame.to_parquet(units, index=False)
+    verify = lockstep("verify", "preregistrations/demo", cwd=scratch, check=False)
+    assert verify.returncode == 1 and "FAIL verify_artifacts" in verify.stdout
+
+
+def test_an_amendment_after_scores_is_flagged_post_hoc(scratch):
+    study = scratch / "preregistrations/demo"
+    lockstep("amend", study, "--replace", "thresholds.yaml", "--reason", "looser ratio after seeing scores", "--seen", "scores_seen", cwd=scratch)
+    path = study / "amendments/001/thresholds.yaml"
+    path.write_text(path.read_text().replace("value: 2.0", "value: 1.5"))
+    commit_all(scratch, "amend")
+    lockstep("amend", study, "--freeze", cwd=scratch)
+    lockstep("audit", study, cwd=scratch)
+    data = ledger(scratch, "demo")
+    assert data["amendments"] == [{"id": "001", "seen": "scores_seen", "post_hoc": True, "reason": "looser ratio after seeing scores"}]
+    assert "POST HOC" in (scratch / "reports/demo/ledger.md").read_text()
+    verify = lockstep("verify", study, cwd=scratch)
+    assert "POST-HOC amendment(s) ['001']" in verify.stdout
+
+
+def test_review_approves_exactly_the_reviewed_content(scratch):
+    assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"pending_review"}
+    lockstep("review", "preregistrations/demo", "--approve", "--reviewer", "A. Reviewer", cwd=scratch)
+    entry = json.loads((scratch / "preregistrations/demo/JOURNAL.jsonl").read_text().splitlines()[-1])
+    assert entry["stage"] == "review" and entry["details"]["reviewer"] == "A. Reviewer"
+    lockstep("audit", "preregistrations/demo", cwd=scratch)  # same data, same content: still approved
+    assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"approved"}
+    study = scratch / "preregistrations/demo"
+    lockstep("amend", study, "--replace", "thresholds.yaml", "--reason", "stricter d", "--seen", "scores_seen", cwd=scratch)
+    path = study / "amendments/001/thresholds.yaml"
+    path.write_text(path.read_text().replace("value: 0.8", "value: 0.9"))
+    commit_all(scratch, "amend")
+    lockstep("amend", study, "--freeze", cwd=scratch)
+    lockstep("audit", study, cwd=scratch)  # new content: the approval does not carry over
+    assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"pending_review"}
+
+
+def test_ablation_study_stops_at_weights_not_found(repo):
+    copy_study("l31h14-ablation", repo)
+    commit_all(repo)
+    lockstep("prereg", "preregistrations/l31h14-ablation", cwd=repo)
+    result = lockstep("capture", "preregistrations/l31h14-ablation", cwd=repo, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+def test_e114_stops_at_weights_not_found(repo):
+    copy_study("e114-register", repo)
+    commit_all(repo)
+    lockstep("prereg", "preregistrations/e114-register", cwd=repo)
+    result = lockstep("capture", "preregistrations/e114-register", cwd=repo, check=False)
+    assert result.returncode == 3 and "capture not run: weights not found" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,202 @@
+"""The capture command: the gate, resume after SIGKILL, shards and merge, make, refusals of bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from capture.cli import capture as capture_command
+from capture.run import parse_shard, run_capture
+from capture_helpers import frozen_repo
+from lockstep.errors import CaptureError, LockMismatch, UsageError, WeightsNotFound
+from lockstep.fsio import sha256_file
+from lockstep.gate import require_frozen
+from lockstep.journal import read_journal
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+TABLES = ["texts.parquet", "units.parquet", "events.parquet", "topk/tokens.parquet", "topk/idx.npy",
+          "topk/weight.npy"]
+
+
+def _digests(run_dir: Path) -> dict[str, str]:
+    return {name: sha256_file(run_dir / name) for name in TABLES}
+
+
+def _share_models(models_root: Path, runs_root: Path) -> None:
+    """Reuse the already built builtin model (the same bytes a fresh build writes)."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(models_root, runs_root / "_models")
+
+
+@pytest.fixture(scope="module")
+def reference(demo_capture, models_root, tmp_path_factory):
+    """The sampled run, batch size 1, uninterrupted: what a resumed or sharded run must equal."""
+    frozen, _ = demo_capture
+    root = tmp_path_factory.mktemp("reference")
+    _share_models(models_root, root)
+    path = run_capture(frozen, run_ids=["sampled"], runs_root=root, progress=False, allow_deviation=True,
+                       overrides={"batch_size": 1})[0]
+    return _digests(path)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(demo_capture, models_root, reference, tmp_path):
+    frozen, _ = demo_capture
+    root = tmp_path / "runs"
+    _share_models(models_root, root)
+    cmd = [PYTHON, "-m", "lockstep", "capture", str(frozen.root), "--run", "sampled", "--batch-size", "1",
+           "--allow-deviation", "--runs-root", str(root), "--no-progress"]
+    batches = root / "demo" / "sampled" / "_work" / "batches"
+    proc = subprocess.Popen(cmd, cwd=frozen.repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [p for p in batches.glob("b*")] if batches.is_dir() else []
+        if len(done) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the capture finished before it could be killed"
+    assert not (root / "demo" / "sampled" / "manifest.json").exists()
+    kept = len(list(batches.glob("b*")))
+    assert 2 <= kept < 16
+    done = subprocess.run(cmd, cwd=frozen.repo_root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _digests(root / "demo" / "sampled") == reference
+    assert not (root / "demo" / "sampled" / "_work").exists()
+
+
+def test_shards_merge_to_the_unsharded_run(demo_capture, models_root, reference, tmp_path):
+    frozen, _ = demo_capture
+    _share_models(models_root, tmp_path)
+    kwargs = dict(run_ids=["sampled"], runs_root=tmp_path, progress=False, allow_deviation=True,
+                  overrides={"batch_size": 1})
+    for i in (1, 0, 2):
+        (path,) = run_capture(frozen, shard=(i, 3), **kwargs)
+        assert not (path / "manifest.json").exists()
+    (path,) = run_capture(frozen, **kwargs)  # nothing left to capture: merges
+    assert _digests(path) == reference
+    assert parse_shard("2/3") == (2, 3)
+    with pytest.raises(UsageError, match="i/n"):
+        parse_shard("2-3")
+    with pytest.raises(UsageError, match="0 <= i < n"):
+        parse_shard("3/3")
+
+
+def test_cli_runs_gate_captures_and_journals(tmp_path, models_root):
+    study = frozen_repo(tmp_path / "repo")
+    _share_models(models_root, tmp_path / "repo" / "runs")
+    runner = CliRunner()
+    result = runner.invoke(capture_command, [str(study), "--run", "greedy", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "repo" / "runs" / "demo" / "greedy"
+    assert (run_dir / "manifest.json").is_file()
+    entries = read_journal(study).entries
+    assert [e["stage"] for e in entries] == ["prereg", "capture"]
+    entry = entries[-1]
+    assert entry["access_level"] == "nothing_run"
+    assert entry["outputs"]["runs/demo/greedy/units.parquet"] == sha256_file(run_dir / "units.parquet")
+    assert "preregistrations/demo/prompts.jsonl" in entry["inputs"]
+    again = runner.invoke(capture_command, [str(study), "--run", "greedy", "--no-progress"])
+    assert again.exit_code == 0 and len(read_journal(study).entries) == 2  # nothing new, no new entry
+
+
+def test_gate_refuses_a_tampered_study(tmp_path):
+    study = frozen_repo(tmp_path / "repo")
+    prompts = study / "prompts.jsonl"
+    prompts.chmod(0o644)
+    prompts.write_text(prompts.read_text().replace("hum", "buzz", 1))
+    with pytest.raises(LockMismatch):
+        require_frozen(study)
+    from lockstep.cli import _register_stage_commands, cli
+
+    _register_stage_commands()
+    result = CliRunner().invoke(cli, ["capture", str(study), "--no-progress"])
+    assert result.exit_code == LockMismatch.exit_code and "prompts.jsonl" in result.output
+    assert not (tmp_path / "repo" / "runs").exists()
+
+
+def test_make_capture_demo(tmp_path, models_root):
+    study = frozen_repo(tmp_path / "repo")
+    root = tmp_path / "repo"
+    shutil.copyfile(REPO / "Makefile", root / "Makefile")
+    _share_models(models_root, root / "runs")
+    venv = REPO / ".venv"
+    result = subprocess.run(["make", "-s", "capture", "STUDY=demo", f"VENV={venv}", "-o", f"{venv}/.installed"],
+                            cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for run_id in ("sampled", "greedy"):
+        assert (root / "runs" / "demo" / run_id / "manifest.json").is_file()
+    assert read_journal(study).entries[-1]["stage"] == "capture"
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+def test_weights_not_found(demo_capture, tmp_path):
+    frozen, _ = demo_capture
+    with pytest.raises(WeightsNotFound, match=r"capture not run: weights not found at .*nowhere"):
+        run_capture(frozen, runs_root=tmp_path, model_path=tmp_path / "nowhere", progress=False)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_dense_model_has_no_moe_layers(demo_capture, tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    frozen, _ = demo_capture
+    config = Qwen3Config(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, intermediate_size=32)
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path / "dense")
+    src = Path(json.loads((next(iter(demo_capture[1].values())) / "manifest.json").read_text())["model"]["path"])
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copyfile(src / name, tmp_path / "dense" / name)
+    with pytest.raises(CaptureError, match="no MoE layer found"):
+        run_capture(frozen, runs_root=tmp_path, model_path=tmp_path / "dense", progress=False, allow_deviation=True)
+
+
+def _with(frozen, runtime=None, prompts=None):
+    spec = json.loads(json.dumps(frozen.spec))
+    spec["runtime"].update(runtime or {})
+    return dataclasses.replace(frozen, spec=spec, prompts=prompts if prompts is not None else frozen.prompts)
+
+
+def test_tokenizer_without_trim_tokens(demo_capture, tmp_path):
+    frozen, _ = demo_capture
+    bad = _with(frozen, runtime={"trim_tokens": ["<|im_end|>", "<|eot_id|>"]})
+    with pytest.raises(CaptureError, match=r"no single token for trim token\(s\) \['<\|eot_id\|>'\]"):
+        run_capture(bad, runs_root=tmp_path, progress=False)
+
+
+def test_prompt_longer_than_context(demo_capture, tmp_path):
+    frozen, _ = demo_capture
+    long = dict(frozen.prompts[0], id="fire-long", text=" ".join(["hum"] * 600))
+    bad = _with(frozen, prompts=[*frozen.prompts, long])
+    with pytest.raises(CaptureError, match=r"longer than the model's context.*fire-long"):
+        run_capture(bad, runs_root=tmp_path, progress=False)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_deviation_refused_unless_allowed(demo_capture, tmp_path):
+    frozen, _ = demo_capture
+    with pytest.raises(CaptureError, match=r"/model/dtype: preregistered 'float32', actual 'bfloat16'"):
+        run_capture(frozen, runs_root=tmp_path, progress=False, overrides={"dtype": "bfloat16"})
+    with pytest.raises(UsageError, match=r"unknown run\(s\) \['beam'\]"):
+        run_capture(frozen, runs_root=tmp_path, run_ids=["beam"], progress=False)
+
+
+def test_resume_refuses_a_changed_configuration(demo_capture, models_root, tmp_path):
+    frozen, _ = demo_capture
+    _share_models(models_root, tmp_path)
+    run_capture(frozen, run_ids=["greedy"], runs_root=tmp_path, shard=(0, 4), progress=False)
+    with pytest.raises(CaptureError, match="interrupted run with a different configuration"):
+        run_capture(frozen, run_ids=["greedy"], runs_root=tmp_path, progress=False, allow_deviation=True,
+                    overrides={"batch_size": 2})
