@@ -7,6 +7,7 @@ behind it, warnings, and — when data are missing or too few — why it is not 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -93,7 +94,8 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
         "n_a": n_a, "n_b": n_b, "mean_a": effect.mean_a, "mean_b": effect.mean_b, "ratio": effect.ratio,
         "ratio_ci_low": effect.ratio_ci[0], "ratio_ci_high": effect.ratio_ci[1], "cohen_d": effect.cohen_d,
         "cohen_d_ci_low": effect.cohen_d_ci[0], "cohen_d_ci_high": effect.cohen_d_ci[1], "hedges_g": effect.hedges_g,
-        "auc": effect.auc, "p_value": p, "exact": bool(test.exact), "n_relabelings": int(test.n_resamples),
+        "auc": effect.auc, "p_value": p, "exact": bool(test.exact),
+        "n_relabelings": math.comb(n_a + n_b, n_a) if test.exact else int(test.n_resamples),
         "ranges_overlap": bool(effect.ranges_overlap)}.items()})
     crossing = set(effect.crossing_a) | set(effect.crossing_b)
     frame = pd.DataFrame({"analysis_id": analysis["id"], "unit": unit, "run": run.run_id, "zone": analysis["zone"],

@@ -155,7 +155,7 @@ def evidence_standard(hypothesis: dict, analysis: dict, outcome: Outcome, study_
 
 
 def _anchors_matched(study, analysis: dict) -> bool:
-    groups = analysis.get("groups") or {}
+    groups = analysis.get("groups") or ({"by": "prompt_class", **analysis["classes"]} if "classes" in analysis else {})
     if groups.get("by") != "prompt_class":
         return False
     split = analysis.get("split")

@@ -140,15 +140,6 @@ def journal(study_dir: Path) -> None:
         click.echo("no entries")
 
 
-def _register_stage_commands() -> None:
-    """Stage packages contribute their commands to the one group."""
-    from audit.cli import audit, label, review
-    from capture.cli import capture
-
-    for command in (capture, label, audit, review):
-        cli.add_command(command)
-
-
 @cli.command()
 @click.option("--study", "study_dir", default="preregistrations/demo", type=click.Path(path_type=Path), show_default=True)
 def demo(study_dir: Path) -> None:
@@ -160,6 +151,17 @@ def demo(study_dir: Path) -> None:
         ctx.invoke(cli.commands[stage], study_dir=study_dir)
 
 
+def _register_stage_commands() -> None:
+    """Stage packages contribute their commands to the one group."""
+    from audit.cli import audit, label, review
+    from capture.cli import capture
+
+    for command in (capture, label, audit, review):
+        cli.add_command(command)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
-    _register_stage_commands()
     cli(prog_name="lockstep")

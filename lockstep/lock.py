@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from . import SCHEMA_VERSION, __version__
-from .errors import DirtyStudy, LockMismatch, NotLocked, ProblemList, StageRefused, UsageError
+from .errors import DirtyStudy, LockMismatch, NotLocked, ProblemList, UsageError
 from .fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, sha256_file, utc_now
 from .journal import ACCESS_LEVELS, append_entry, read_journal
 from .provenance import dirty_files, head_commit, repo_root
@@ -52,6 +52,11 @@ def study_dir_iv(study_dir: Path) -> Path:
         raise UsageError(f"{path} has no study.yaml, so it is not a study folder",
                          hint="a study folder holds study.yaml, prompts.jsonl, rubric.yaml and thresholds.yaml")
     return path.resolve()
+
+
+def sums_text(files: dict[str, dict]) -> str:
+    """The SHA256SUMS file for locked ``files``, in the form ``sha256sum -c`` reads, sorted by name."""
+    return "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(files.items()))
 
 
 def lock_digest_of(body: dict) -> str:
@@ -183,8 +188,7 @@ def freeze(study_dir: Path, *, allow_dirty: bool = False) -> FreezeResult:
     names = frozen_file_names(study.spec)
     dirty = _refuse_dirty(root, [study_dir / n for n in names], allow_dirty)
     body = _lock_body("base", study.study_id, study_dir, names, root, dirty)
-    sums = "".join(f"{entry['sha256']}  {name}\n" for name, entry in body["files"].items())
-    atomic_write(study_dir / SUMS, sums.encode(), mode=READ_ONLY)
+    atomic_write(study_dir / SUMS, sums_text(body["files"]).encode(), mode=READ_ONLY)
     atomic_write(lock_path, pretty_json(body), mode=READ_ONLY)
     _make_read_only([study_dir / n for n in names])
     _ensure_gitattributes(root, study_dir)

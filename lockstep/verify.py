@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ChainBroken, LockMismatch, LockstepError, NotLocked
+from .errors import ChainBroken, GitError, LockMismatch, LockstepError, NotLocked
+from .fsio import sha256_bytes
 from .journal import read_journal
-from .lock import (AMENDMENT_LOCK, LOCK, SUMS, amendment_dirs, file_differences, read_lock, study_dir_iv)
+from .lock import AMENDMENT_LOCK, LOCK, SUMS, amendment_dirs, file_differences, read_lock, study_dir_iv, sums_text
 from .provenance import blob_at, commit_exists, repo_root, staged_blob
-from .errors import GitError
 
 
 @dataclass
@@ -63,17 +63,8 @@ def verify_sha256sums(ctx: Context) -> str:
     path = ctx.study_dir / SUMS
     if not path.exists():
         raise LockMismatch(f"{path} is missing", hint="restore it from git")
-    listed = {}
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LockMismatch(f"{path} is not UTF-8 text, so it was altered", hint="restore it from git") from exc
-    for line in text.splitlines():
-        digest, _, name = line.partition("  ")
-        listed[name] = digest
-    want = {name: entry["sha256"] for name, entry in ctx.lock["files"].items()}
-    if listed != want:
-        raise LockMismatch(f"{path} does not list the lock's digests", hint="restore it from git")
+    if path.read_bytes() != sums_text(ctx.lock["files"]).encode():
+        raise LockMismatch(f"{path} is not byte for byte the lock's digests", hint="restore it from git")
     return f"{SUMS} agrees with the lock"
 
 
@@ -90,15 +81,10 @@ def verify_git_commit(ctx: Context) -> str:
                            hint="fetch the full history (git fetch --unshallow) and verify again")
     rel = ctx.study_dir.resolve().relative_to(ctx.root)
     wrong = [name for name, entry in ctx.lock["files"].items()
-             if (data := blob_at(ctx.root, commit, (rel / name).as_posix())) is None or _sha(data) != entry["sha256"]]
+             if (data := blob_at(ctx.root, commit, (rel / name).as_posix())) is None or sha256_bytes(data) != entry["sha256"]]
     if wrong:
         raise LockMismatch(f"commit {commit[:12]} does not hold the frozen bytes of {', '.join(sorted(wrong))}")
     return f"commit {commit[:12]} holds the frozen bytes"
-
-
-def _sha(data: bytes) -> str:
-    from .fsio import sha256_bytes
-    return sha256_bytes(data)
 
 
 def verify_amendments(ctx: Context) -> str:

@@ -48,7 +48,8 @@ def test_flipping_any_byte_of_any_frozen_file_is_caught(frozen_demo, data):
 def test_the_intact_study_verifies_and_the_gate_returns_the_plan(frozen_demo):
     assert verify_code(frozen_demo) == 0
     study = require_frozen(frozen_demo)
-    assert study.study_id == "demo" and len(study.prompts) == 16
+    lines = [l for l in (frozen_demo / "prompts.jsonl").read_text().splitlines() if l.strip()]
+    assert study.study_id == "demo" and [p["id"] for p in study.prompts] == [json.loads(l)["id"] for l in lines]
     assert study.lock_digest == json.loads((frozen_demo / "prereg.lock.json").read_text())["lock_digest"]
 
 
