@@ -6,8 +6,8 @@ is digested into the journal at access level ``labels_frozen``; the audit refuse
 for a run whose labels are not frozen.
 
 Rubric kinds: ``lexicon`` (frozen word lists and declarative rules, evaluated without ``eval``) and
-``human`` (a blinded sheet exported, filled, and imported). ``judge`` is validated by the schema but
-not run by this version (see ``label_run``).
+``judge`` (a local model scores each label as a continuation of a frozen template, :mod:`audit.judge`),
+and ``human`` (a blinded sheet exported, filled, and imported).
 """
 
 from __future__ import annotations
@@ -138,12 +138,16 @@ def label_run(frozen, run_id: str, run_dir: Path) -> LabelResult:
     if rubric["kind"] == "lexicon":
         frame = lexicon_labels(read_texts(run_dir, rubric), rubric)
         return _freeze_labels(frozen, run_id, run_dir, frame, "lexicon")
+    if rubric["kind"] == "judge":
+        from .judge import judge_labels
+
+        frame = judge_labels(read_texts(run_dir, rubric), rubric, frozen.repo_root)
+        return _freeze_labels(frozen, run_id, run_dir, frame, f"judge {rubric['judge']['model']}@{rubric['judge']['revision']}")
     if rubric["kind"] == "human":
         raise LockstepError(f"the rubric of {frozen.study_id} is human-labelled",
                             hint="export a blinded sheet with `lockstep label DIR --run RUN --export-sheet sheet.csv`, fill it, "
                                  "then `lockstep label DIR --run RUN --import-sheet sheet.csv`")
-    raise LockstepError(f"rubric kind {rubric['kind']!r} cannot be run by this version of lockstep",
-                        hint="use a lexicon rubric, or a human rubric with --export-sheet / --import-sheet")
+    raise LockstepError(f"rubric kind {rubric['kind']!r} labels nothing", hint="a routing study needs a lexicon, judge or human rubric")
 
 
 # ---------------------------------------------------------------- human labelling: blinded sheets

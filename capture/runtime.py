@@ -51,7 +51,7 @@ def resolve_model(frozen, runs_root: Path, model_path: Path | None = None) -> Mo
     if source == "builtin" and model_path is None:
         folder = builtin.ensure_builtin(model["builtin"], Path(runs_root) / "_models", study_words(frozen))
         return ModelSource(folder, "builtin", builtin.BUILDER_VERSION)
-    if model_path is not None or source == "local":
+    if model_path is not None or source in ("path", "local"):
         raw = model_path if model_path is not None else model.get("path")
         path = Path(raw) if raw is not None else None
         if path is not None and not path.is_absolute():

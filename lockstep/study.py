@@ -319,6 +319,9 @@ def _check_rubric(rubric: Parsed, problems: ProblemList) -> None:
     labels = set(data["labels"])
     if data["target_label"] not in labels:
         add("/target_label", f"{data['target_label']!r} is not one of the labels: {', '.join(sorted(labels))}")
+    judge = data.get("judge")
+    if data["kind"] == "judge" and judge and "{text}" not in judge["template"]:
+        add("/judge/template", "has no {text} placeholder; the judge must see the text it labels")
     lexicon = data.get("lexicon")
     if not lexicon:
         return

@@ -201,3 +201,11 @@ def test_rubric_rules_reference_defined_features_and_labels(demo):
     problems = _problems(demo)
     assert any("/lexicon/rules/0/label: 'inward' is not one of the labels" in p for p in problems)
     assert any("/lexicon/rules/0/all/0/feature: 'fp_rate' is not in /lexicon/features" in p for p in problems)
+
+
+def test_judge_template_must_show_the_text(demo):
+    (demo / "rubric.yaml").write_text(
+        "schema_version: 1\nkind: judge\ntext_zone: trimmed\nlabels: {inner: a, outer: b}\ntarget_label: inner\n"
+        "judge: {model: judges/tiny, revision: v1, template: 'Label it: {labels}'}\n")
+    [problem] = _problems(demo)
+    assert problem == "rubric.yaml:6 /judge/template: has no {text} placeholder; the judge must see the text it labels"
