@@ -41,20 +41,21 @@ def _captured(tmp_path_factory, name: str) -> tuple[Path, subprocess.CompletedPr
     return repo, early
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    repo, early = _captured(tmp_path_factory, "demo")
-    lockstep("label", "preregistrations/demo", cwd=repo)
-    lockstep("audit", "preregistrations/demo", cwd=repo)
+def _audited(tmp_path_factory, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    repo, early = _captured(tmp_path_factory, name)
+    lockstep("label", f"preregistrations/{name}", cwd=repo)
+    lockstep("audit", f"preregistrations/{name}", cwd=repo)
     return repo, early
 
 
 @pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _audited(tmp_path_factory, "demo")
+
+
+@pytest.fixture(scope="module")
 def null_twin(tmp_path_factory):
-    repo, _ = _captured(tmp_path_factory, "demo-null")
-    lockstep("label", "preregistrations/demo-null", cwd=repo)
-    lockstep("audit", "preregistrations/demo-null", cwd=repo)
-    return repo
+    return _audited(tmp_path_factory, "demo-null")[0]
 
 
 def ledger(repo: Path, study: str) -> dict:
