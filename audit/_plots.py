@@ -187,6 +187,10 @@ def baseline_heatmap(frame: pd.DataFrame, *, index_name: str) -> Figure:
     bar.outline.set_visible(False)
     ax.set_xlabel(index_name)
     ax.set_ylabel("layer")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and units are whole numbers
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for side in ("top", "right"):
         ax.spines[side].set_visible(True)
 
