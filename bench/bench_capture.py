@@ -32,13 +32,17 @@ def build(seed: int = 0) -> Qwen3_5MoeForCausalLM:
     return Qwen3_5MoeForCausalLM(config).eval()
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def timed_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Best time of each function, measured in turns (a, b, c, a, b, c, ...) so that a burst of load
+    on a shared machine hits every candidate alike instead of one cell."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -75,11 +79,14 @@ def main() -> None:
                 return recorder.finish_batch()
 
         recorder = RoutingRecorder(sites, tie_tol=1e-5, weight_tol=1e-5)
-        t_plain = timed(plain, args.repeats)
-        t_loop = timed(loop, args.repeats)
-        with recorder.hooked():
-            t_hooks = timed(lambda: loop(recorder), args.repeats)
-            routing = loop(recorder)
+
+        def hooked():
+            with recorder.hooked():
+                return loop(recorder)
+
+        best = timed_interleaved({"plain": plain, "loop": loop, "hooks": hooked}, args.repeats)
+        t_plain, t_loop, t_hooks = best["plain"], best["loop"], best["hooks"]
+        routing = hooked()
         tokens = batch * args.new_tokens
         per_token = (routing.idx.nbytes + routing.weights.nbytes) / routing.idx.shape[0]
         print(f"batch {batch}: generate {tokens / t_plain:8.1f} tok/s | own loop {tokens / t_loop:8.1f} tok/s "
