@@ -2,7 +2,9 @@
 
 One run prints, each as a ratio to the floor (a plain float32 ``(P×N) @ (N×F)`` product):
 
-* this implementation (``stats.all_unit_baseline``, float32 and float64, single-step + step-down);
+* this implementation (``stats.all_unit_baseline``: single-step and step-down max-T, uncorrected,
+  Holm and BH in one call), float32 with Welch t and mean difference on balanced (100 vs 100) and
+  unequal (120 vs 80) groups, and float64 Welch t balanced;
 * ``scipy.stats.permutation_test`` (vectorized) on a subset of units, scaled to F units;
 * ``nilearn.mass_univariate.permuted_ols`` (scaled from fewer permutations if needed);
 * exact enumeration of C(20,10) = 184,756 relabelings over F units;
@@ -12,14 +14,18 @@ Usage::
 
     .venv/bin/python bench/bench_stats.py            # N=200, F=10,240, P=10,000
     .venv/bin/python bench/bench_stats.py --quick    # smaller sizes, for a smoke run
+    .venv/bin/python bench/bench_stats.py --baseline-only   # only the rows against the floor
 
-Timings are the minimum over ``--repeat`` runs; the floor is measured in the same process, between
-the other measurements, on the same machine.
+Timings are the minimum over ``--repeat`` runs; the floor is measured in the same process on the
+same machine. Each baseline row alternates ``--repeat`` rounds of (floor, baseline) and prints the
+ratio of the two minima and the median of the per-round ratios. The load average and the BLAS thread
+count are printed, since the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -39,11 +45,37 @@ def best_of(fn, repeat):
     return min(times)
 
 
+def interleaved(fn, floor, repeat):
+    """``repeat`` rounds of (floor, fn): min of fn, min of the floors beside it, and the median of
+    the per-round ratios fn/floor (on a shared machine a burst of load then hits both sides)."""
+    tf, tt = [], []
+    for _ in range(repeat):
+        tf.append(best_of(floor, 1))
+        tt.append(best_of(fn, 1))
+    return min(tt), min(tf), float(np.median(np.divide(tt, tf)))
+
+
+def blas_threads() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS threads: unknown (threadpoolctl not installed)"
+    blas = [f"{i['prefix']} {i['num_threads']} threads" for i in threadpool_info()
+            if i["user_api"] == "blas"]
+    return "BLAS: " + (", ".join(blas) or "none found")
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (N=60, F=2048, P=2000)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-calibration", action="store_true")
+    ap.add_argument("--baseline-only", action="store_true",
+                    help="only the baseline rows against the floor (no scipy, nilearn, exact, calibration)")
     args = ap.parse_args()
     n, f, p = (60, 2048, 2000) if args.quick else (200, 10_240, 10_000)
     rng = np.random.default_rng(0)
@@ -51,8 +83,9 @@ def main():
     x[: n // 2, 114] += 1.0
     group = np.r_[np.ones(n // 2, bool), np.zeros(n - n // 2, bool)]
     ids = [f"L{j // 256}E{j % 256}" for j in range(f)]
-    print(f"machine: {platform.machine()} {platform.processor() or ''} | numpy {np.__version__} "
-          f"| scipy {scipy.__version__} | N={n} F={f} P={p}")
+    print(f"machine: {platform.machine()} {platform.processor() or ''} | {os.cpu_count()} CPUs | "
+          f"numpy {np.__version__} | scipy {scipy.__version__} | N={n} F={f} P={p}")
+    print(f"{blas_threads()} | {load()} (start)")
 
     lab = np.zeros((p, n), np.float32)
     idx = np.argsort(rng.random((p, n)), axis=1)[:, : n // 2]
@@ -62,21 +95,34 @@ def main():
     def floor():
         return lab @ z32
 
-    def ours32():
-        return all_unit_baseline(x, group, unit_ids=ids, target="L0E114", n_resamples=p, rng=1,
-                                 dtype=np.float32)
+    n1u = (6 * n) // 10  # unequal groups: 120 vs 80 at N = 200
+    group_u = np.r_[np.ones(n1u, bool), np.zeros(n - n1u, bool)]
+    x_u = x.copy()
+    x_u[:n1u, 114] += 1.0
+    cases = [  # label, data, group, statistic, dtype, note
+        ("float32 welch_t, balanced", x, group, "welch_t", np.float32, "one product"),
+        ("float32 welch_t, unequal", x_u, group_u, "welch_t", np.float32,
+         "two products: R@z and R@z^2"),
+        ("float32 mean_diff, balanced", x, group, "mean_diff", np.float32, "one product"),
+        ("float32 mean_diff, unequal", x_u, group_u, "mean_diff", np.float32, "one product"),
+        ("float64 welch_t, balanced", x, group, "welch_t", np.float64, "one float64 product"),
+    ]
 
-    def ours64():
-        return all_unit_baseline(x, group, unit_ids=ids, target="L0E114", n_resamples=p, rng=1)
+    def ours(xx, gg, stat, dt):
+        return lambda: all_unit_baseline(xx, gg, unit_ids=ids, target="L0E114", statistic=stat,
+                                         n_resamples=p, rng=1, dtype=dt)
 
     t_floor = best_of(floor, args.repeat)
-    t32 = best_of(ours32, args.repeat)
-    t_floor = min(t_floor, best_of(floor, args.repeat))
-    t64 = best_of(ours64, args.repeat)
-    t_floor = min(t_floor, best_of(floor, args.repeat))
-    print(f"floor  float32 matmul ({p}x{n} @ {n}x{f})       {t_floor:8.3f} s   1.00x")
-    print(f"stats.all_unit_baseline float32 (welch_t, max-T)  {t32:8.3f} s  {t32 / t_floor:5.2f}x")
-    print(f"stats.all_unit_baseline float64                   {t64:8.3f} s  {t64 / t_floor:5.2f}x")
+    print(f"floor  float32 matmul ({p}x{n} @ {n}x{f})          {t_floor:8.3f} s   1.00x")
+    print(f"{'':52s} {'min':>8s}   {'ratio':>5s}  {'adjacent floor':>14s}  {'median paired':>13s}")
+    for label, xx, gg, stat, dt, note in cases:
+        t, fl, paired = interleaved(ours(xx, gg, stat, dt), floor, args.repeat)
+        t_floor = min(t_floor, fl)
+        print(f"stats.all_unit_baseline {label:27s} {t:8.3f} s  {t / fl:5.2f}x  {fl:12.3f} s  "
+              f"{paired:11.2f}x  ({note})")
+    print(f"{load()} (after the baseline rows)")
+    if args.baseline_only:
+        return
 
     # scipy.stats.permutation_test, vectorized over a subset of units, scaled to F
     sub = 64 if not args.quick else 32

@@ -3,9 +3,15 @@
 One matrix product per chunk of relabelings: ``R (B×N) @ Z (N×F)`` where ``R`` holds 0/1 group
 labels (two-sample designs) or ±1 signs (paired designs) and ``Z`` is the data, prepared once so that
 the product is directly a *score* that orders relabelings the same way the statistic does. After the
-product, a handful of vectorised passes: per-unit exceedance counts, per-relabeling maxima (single-step
-max-T) and a blocked suffix maximum in the order of the observed statistics (step-down max-T).
-There is no Python loop over units or relabelings; the only loop is over chunks of ``batch`` rows.
+product, four cheap passes over the chunk, all in place or into reused buffers: the score (``abs`` or
+negation), a comparison with the observed thresholds into a bool buffer, that buffer summed down the
+columns as uint8 (per-unit exceedance counts), and one elementwise maximum over 64-unit blocks
+(per-relabeling maxima for single-step max-T, and a blocked suffix maximum in the order of the
+observed statistics for step-down max-T; see :class:`_Layout`). There is no Python loop over units
+or relabelings; the loops are over chunks of ``batch`` rows (default: about 8 M elements, so
+few BLAS calls, each of which pays a thread hand-off on a loaded machine) and, inside a chunk, over
+row blocks of about 1 M elements for the passes, so a block stays in cache from the first pass to
+the last.
 
 Preparation (what makes one product enough)
 -------------------------------------------
@@ -50,6 +56,8 @@ _RNG_BLOCK = 1024
 _SD_BLOCK = 64
 #: default bound on the elements of one chunk (B·F); ``batch=None`` uses it.
 _CHUNK_ELEMENTS = 1 << 23
+#: elements per row block for the passes after the product (a block stays in cache across them).
+_SUB_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -128,23 +136,23 @@ def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Pr
     mean = x.mean(axis=0)
     sd = x.std(axis=0, ddof=1)
     keep = sd > 0
-    c = (x[:, keep] - mean[keep])
+    c = x - mean if keep.all() else x[:, keep] - mean[keep]  # a fresh array: scaled in place
     sd = sd[keep]
     z2 = None
     if statistic == "mean_diff":
-        z = c * (n / (n1 * n2))
+        z = np.multiply(c, n / (n1 * n2), out=c)
         scale = sd * np.sqrt(n / (n1 * n2))
 
         def to_stat(s):
             return s
     elif statistic == "student_t" or (statistic == "welch_t" and n1 == n2):
-        z = c / sd
+        z = np.divide(c, sd, out=c)
         scale = np.full(z.shape[1], np.sqrt(n1 * n2 / n))
 
         def to_stat(s):
             return _student_from_s(s, n1, n2)
     else:  # unbalanced Welch: the score is t itself
-        z = c / sd
+        z = np.divide(c, sd, out=c)
         z2 = np.ascontiguousarray(z * z, dtype)
         scale = np.ones(z.shape[1])
 
@@ -255,7 +263,7 @@ class ScanResult:
 def _score(prep: Prepared, r: np.ndarray, alternative: str) -> tuple[np.ndarray, np.ndarray]:
     """Product-space values ``g`` (what ``to_stat`` maps) and scores for a chunk ``r``."""
     g = np.empty((r.shape[0], prep.z.shape[1]), prep.z.dtype)
-    _product(prep, r, g)
+    _product(prep, r, g, _Scratch(prep.z.shape[1]))
     if alternative == "two-sided":
         s = np.abs(g)
     elif alternative == "greater":
@@ -265,104 +273,216 @@ def _score(prep: Prepared, r: np.ndarray, alternative: str) -> tuple[np.ndarray,
     return g, s
 
 
-def _product(prep: Prepared, r: np.ndarray, out: np.ndarray) -> None:
+class _Scratch:
+    """Named ``rows × width`` work buffers, kept across chunks so that a chunk allocates nothing
+    (fresh chunk-sized arrays cost a page fault per 4 KiB on every chunk)."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, rows: int, dtype) -> np.ndarray:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[0] < rows:
+            buf = np.empty((rows, self.width), dtype)
+            self._bufs[name] = buf
+        return buf[:rows]
+
+
+def _product(prep: Prepared, r: np.ndarray, out: np.ndarray, scratch: _Scratch) -> None:
     """``out[:] = r @ z`` (or the unbalanced Welch t from ``r @ z`` and ``r @ z²``)."""
     np.matmul(r, prep.z, out=out)
     if prep.z2 is not None:
-        q = r @ prep.z2
-        out[...] = _welch_from_sums(out, q, prep.n1, prep.n - prep.n1)
+        b, dt = r.shape[0], prep.z.dtype
+        q = scratch.get("q", b, dt)
+        np.matmul(r, prep.z2, out=q)
+        _welch_inplace(out, q, scratch.get("w", b, dt), scratch.get("v", b, dt),
+                       scratch.get("m", b, np.bool_), prep.n1, prep.n - prep.n1)
 
 
-def _block_max(sb: np.ndarray) -> np.ndarray:
-    """Max over the last axis of a B×nb×k array.
+def _welch_inplace(s, q, w, v, zero, n1: int, n2: int) -> None:
+    """``s[:] = _welch_from_sums(s, q, n1, n2)`` using ``q``, ``w``, ``v``, ``zero`` as scratch.
 
-    (torch's ``amax`` is about twice as fast in isolation, but its OpenMP workers spin after each
-    call and slow the BLAS product that follows on a 2-core machine, so numpy it is.)
+    The same operations in the same order as :func:`_welch_from_sums` (so the same rounding,
+    bit for bit), without its chunk-sized temporaries.
     """
-    return sb.max(axis=2)
+    n = n1 + n2
+    np.multiply(s, s, out=w)  # s²
+    np.divide(w, n1, out=v)
+    np.subtract(q, v, out=v)
+    np.divide(v, n1 - 1, out=v)  # va = (q - s²/n1)/(n1-1)
+    np.subtract(n - 1, q, out=q)
+    np.divide(w, n2, out=w)
+    np.subtract(q, w, out=q)
+    np.divide(q, n2 - 1, out=q)  # vb = ((n-1) - q - s²/n2)/(n2-1)
+    np.divide(v, n1, out=v)
+    np.divide(q, n2, out=q)
+    np.add(v, q, out=v)
+    np.clip(v, 0, None, out=v)
+    np.sqrt(v, out=v)  # den
+    np.multiply(s, n / (n1 * n2), out=s)  # num
+    np.equal(s, 0, out=zero)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(s, v, out=s)
+    np.copyto(s, 0, where=zero)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each unit sits in a chunk's columns.
+
+    Units are taken in descending order of observed score (the step-down order) and cut into
+    ``nb`` blocks of ``k``; sorted position ``b·k + j`` is stored in column ``j·nb + b``. Viewed
+    as ``B×k×nb``, a chunk's block maxima are then an elementwise maximum over ``k`` contiguous
+    rows of ``nb`` values (SIMD), not ``B·nb`` short reductions of ``k`` values (about 3× slower).
+    The last ``pad`` sorted positions are padding (a zero column, score set to -inf).
+    """
+
+    order: np.ndarray  # sorted position -> unit
+    k: int
+    nb: int
+    pad: int
+    col: np.ndarray  # sorted position (padded) -> column
+
+    @classmethod
+    def of(cls, s_obs: np.ndarray, k: int) -> "_Layout":
+        nf = s_obs.size
+        nb = -(-nf // k)
+        q = np.arange(nb * k)
+        return cls(np.argsort(-s_obs, kind="stable"), k, nb, nb * k - nf, (q % k) * nb + q // k)
+
+    def to_columns(self, v: np.ndarray, fill) -> np.ndarray:
+        """Per-unit ``v`` (F, or N×F) placed in column order (one gather), padding set to ``fill``."""
+        nf = self.order.size
+        src = np.zeros(self.col.size, np.intp)
+        src[self.col[:nf]] = self.order
+        out = np.take(v, src, axis=-1)
+        out[..., self.col[nf:]] = fill
+        return out
+
+    def from_columns(self, v: np.ndarray) -> np.ndarray:
+        """Column-order ``v`` back to sorted order (padding dropped)."""
+        return v[self.col][: self.col.size - self.pad]
+
+
+class _Tally:
+    """Counts and maxima accumulated chunk by chunk, all in column order (see :class:`_Layout`)."""
+
+    def __init__(self, lay: _Layout, thr_sorted: np.ndarray, dtype, stepdown: bool):
+        k, nb = lay.k, lay.nb
+        self.lay = lay
+        self.stepdown = stepdown
+        self.last = lay.k - 1
+        thr_s = np.concatenate([thr_sorted, np.full(lay.pad, np.inf)]).astype(dtype)
+        self.thr_cols = np.empty_like(thr_s)
+        self.thr_cols[lay.col] = thr_s
+        self.thr_b = thr_s.reshape(nb, k)  # sorted order, by block
+        self.thr_hi = self.thr_b.max(axis=1)
+        self.thr_lo = self.thr_b.min(axis=1)
+        self.count_unc = np.zeros(nb * k, np.int64)  # column order
+        self.sd_all = np.zeros(nb, np.int64)
+        self.sd_part = np.zeros(nb * k, np.int64)  # sorted order
+        self.maxima: list[np.ndarray] = []
+
+    def add(self, s: np.ndarray, hit: np.ndarray) -> None:
+        """Take one chunk of scores ``s`` (B×cols, padding at -inf); ``hit`` is a bool buffer."""
+        lay, b = self.lay, s.shape[0]
+        np.greater_equal(s, self.thr_cols, out=hit)
+        h8 = hit.view(np.uint8)
+        for i in range(0, b, 255):  # uint8 column sums: no widening cast, no overflow
+            self.count_unc += np.add.reduce(h8[i:i + 255], axis=0, dtype=np.uint8)
+        s3 = s.reshape(b, lay.k, lay.nb)
+        bmax = np.maximum.reduce(s3, axis=1)  # B×nb, block maxima in sorted block order
+        suf = np.maximum.accumulate(bmax[:, ::-1], axis=1)[:, ::-1]
+        self.maxima.append(suf[:, 0].astype(np.float64))
+        if self.stepdown:
+            self._step_down(s3, suf)
+
+    def _step_down(self, s3: np.ndarray, suf: np.ndarray) -> None:
+        """Successive maxima: whole blocks where the suffix maximum clears (or misses) every
+        threshold in the block, element by element only in blocks that straddle.
+
+        Every successive maximum inside block ``m`` is at least ``max(nxt, last)``: the maximum
+        over the later blocks and the block's own last unit, which is in every suffix of it. When
+        that clears the block's highest threshold the whole block counts without looking inside
+        (this settles, e.g., the last block, whose thresholds are near 0).
+        """
+        k = self.lay.k
+        nxt = np.empty_like(suf)
+        nxt[:, :-1] = suf[:, 1:]
+        nxt[:, -1] = -np.inf
+        low = np.maximum(nxt, s3[:, self.last, :])
+        all_in = low >= self.thr_hi
+        self.sd_all += np.count_nonzero(all_in, axis=0)
+        amb = ~all_in & (suf >= self.thr_lo)
+        bi, mi = np.nonzero(amb)
+        if bi.size:
+            sub = s3[bi, :, mi]  # A×k, sorted order within the block
+            u = np.maximum.accumulate(sub[:, ::-1], axis=1)[:, ::-1]
+            np.maximum(u, nxt[bi, mi][:, None], out=u)
+            hit = u >= self.thr_b[mi]
+            flat = (mi[:, None] * k + np.arange(k)).ravel()
+            self.sd_part += np.bincount(flat, weights=hit.ravel(), minlength=self.sd_part.size
+                                        ).astype(np.int64)
 
 
 def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alternative: str, *,
          exact: bool, half: bool, keep_cols: np.ndarray | None, stepdown: bool) -> ScanResult:
-    """Run the relabelings in ``chunks`` and collect counts, maxima and kept null columns."""
+    """Run the relabelings in ``chunks`` and collect counts, maxima and kept null columns.
+
+    Per chunk: one product (two for unbalanced Welch) into reused buffers; then, per cache-sized
+    row block, in place the Welch t (unbalanced only) and the score (``abs`` or negation), a
+    comparison with the thresholds summed as uint8 down the columns (uncorrected counts), one
+    elementwise block maximum (single-step and step-down), and small work on the block maxima.
+    """
     nf = prep.z.shape[1]
     g_obs, s_obs = _score(prep, obs_row[None, :].astype(prep.z.dtype), alternative)
     g_obs = g_obs[0].astype(np.float64)
     s_obs = s_obs[0].astype(np.float64)
     thr = s_obs - prep.rtol * (np.abs(s_obs) + prep.scale)
 
-    # units in descending order of observed score; step-down works on that order.
-    order = np.argsort(-s_obs, kind="stable")
-    k = _SD_BLOCK
-    nb = -(-nf // k)
-    pad = nb * k - nf
-    zs = prep.z[:, order]
-    z2s = prep.z2[:, order] if prep.z2 is not None else None
-    if pad:
-        zs = np.concatenate([zs, np.zeros((zs.shape[0], pad), zs.dtype)], axis=1)
-        if z2s is not None:
-            z2s = np.concatenate([z2s, np.zeros((z2s.shape[0], pad), z2s.dtype)], axis=1)
-    sprep = Prepared(np.ascontiguousarray(zs), None if z2s is None else np.ascontiguousarray(z2s),
+    lay = _Layout.of(s_obs, _SD_BLOCK)
+    sprep = Prepared(lay.to_columns(prep.z, 0),
+                     None if prep.z2 is None else lay.to_columns(prep.z2, 0),
                      prep.design, prep.statistic, prep.n, prep.n1, prep.scale, prep.to_stat,
                      prep.rtol, prep.keep)
-    thr_s = np.concatenate([thr[order], np.full(pad, np.inf)]).astype(zs.dtype)
-    thr_b = thr_s.reshape(nb, k)
-    thr_hi = thr_b.max(axis=1)
-    thr_lo = thr_b.min(axis=1)
-    pos_keep = None if keep_cols is None else np.argsort(order)[keep_cols]
-
-    count_unc = np.zeros(nb * k, np.int64)
-    sd_all = np.zeros(nb, np.int64)
-    sd_part = np.zeros(nb * k, np.int64)
-    maxima: list[np.ndarray] = []
+    tally = _Tally(lay, thr[lay.order], sprep.z.dtype, stepdown)
+    col_keep = None if keep_cols is None else lay.col[np.argsort(lay.order)[keep_cols]]
+    pad_cols = lay.col[nf:]
+    scratch = _Scratch(sprep.z.shape[1])
     kept: list[np.ndarray] = []
-    gbuf = np.empty((0, nb * k), zs.dtype)
-    bbuf = np.empty((0, nb * k), bool)
+    dt, width = sprep.z.dtype, sprep.z.shape[1]
+    sub = max(1, _SUB_ELEMENTS // width)
     p = 0
     for r in chunks:
         b = r.shape[0]
         p += b
-        if b > gbuf.shape[0]:  # buffers reused across chunks: no page faults per chunk
-            gbuf = np.empty((b, nb * k), zs.dtype)
-            bbuf = np.empty((b, nb * k), bool)
-        s = gbuf[:b]
-        _product(sprep, r, s)
-        if pos_keep is not None:
-            kept.append(s[:, pos_keep].astype(np.float64))
-        if alternative == "two-sided":
-            np.abs(s, out=s)
-        elif alternative == "less":
-            np.negative(s, out=s)
-        if pad:
-            s[:, nf:] = -np.inf
-        hit_buf = bbuf[:b]
-        np.greater_equal(s, thr_s, out=hit_buf)
-        count_unc += np.add.reduce(hit_buf, axis=0, dtype=np.int32)
-        sb = s.reshape(b, nb, k)
-        bmax = _block_max(sb)
-        suf = np.maximum.accumulate(bmax[:, ::-1], axis=1)[:, ::-1]
-        maxima.append(suf[:, 0].astype(np.float64))
-        if not stepdown:
-            continue
-        nxt = np.empty_like(suf)
-        nxt[:, :-1] = suf[:, 1:]
-        nxt[:, -1] = -np.inf
-        all_in = nxt >= thr_hi
-        sd_all += np.count_nonzero(all_in, axis=0)
-        amb = ~all_in & (suf >= thr_lo)
-        bi, mi = np.nonzero(amb)
-        if bi.size:
-            sub = sb[bi, mi]  # A×k
-            u = np.maximum.accumulate(sub[:, ::-1], axis=1)[:, ::-1]
-            np.maximum(u, nxt[bi, mi][:, None], out=u)
-            hit = u >= thr_b[mi]
-            flat = (mi[:, None] * k + np.arange(k)).ravel()
-            sd_part += np.bincount(flat, weights=hit.ravel(), minlength=nb * k).astype(np.int64)
+        s = scratch.get("s", b, dt)
+        np.matmul(r, sprep.z, out=s)
+        q = None
+        if sprep.z2 is not None:
+            q = scratch.get("q", b, dt)
+            np.matmul(r, sprep.z2, out=q)
+        for i in range(0, b, sub):  # the passes after the product, on cache-sized row blocks
+            si = s[i:i + sub]
+            m = si.shape[0]
+            if q is not None:
+                _welch_inplace(si, q[i:i + sub], scratch.get("w", m, dt), scratch.get("v", m, dt),
+                               scratch.get("m", m, np.bool_), sprep.n1, sprep.n - sprep.n1)
+            if col_keep is not None:
+                kept.append(si[:, col_keep].astype(np.float64))
+            if alternative == "two-sided":
+                np.abs(si, out=si)
+            elif alternative == "less":
+                np.negative(si, out=si)
+            if lay.pad:
+                si[:, pad_cols] = -np.inf
+            tally.add(si, scratch.get("hit", m, np.bool_))
 
-    null_max = np.concatenate(maxima) if maxima else np.empty(0)
+    null_max = np.concatenate(tally.maxima) if tally.maxima else np.empty(0)
     null_keep = np.concatenate(kept) if kept else None
-    count_unc = count_unc[:nf]
-    count_sd = (np.repeat(sd_all, k) + sd_part)[:nf]
+    count_unc = lay.from_columns(tally.count_unc)
+    count_sd = (np.repeat(tally.sd_all, lay.k) + tally.sd_part)[:nf]
     if half:  # each relabeling stands for itself and its complement (score identical)
         p *= 2
         count_unc = count_unc * 2
@@ -371,8 +491,9 @@ def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alte
         if null_keep is not None:
             null_keep = np.concatenate([null_keep, -null_keep])
     srt = np.sort(null_max)
-    count_ss = (srt.size - np.searchsorted(srt, thr_s[:nf].astype(np.float64), side="left"))
-    inv = np.argsort(order)
+    thr_s = tally.thr_b.ravel()[:nf].astype(np.float64)
+    count_ss = (srt.size - np.searchsorted(srt, thr_s, side="left"))
+    inv = np.argsort(lay.order)
     return ScanResult(
         observed=prep.to_stat(g_obs),
         observed_score=s_obs,

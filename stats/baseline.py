@@ -270,7 +270,7 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
                                                   nan_policy)
     n, f = arr.shape
     design = "paired" if mask is None else "two_sample"
-    work = np.where(finite[None, :], arr, 0.0)
+    work = arr if finite.all() else np.where(finite[None, :], arr, 0.0)
     prep = _engine.prepare(work, mask, statistic, dtype)
     in_family = prep.keep & finite
     # units dropped for NaN have been zero-filled: they must leave the family too.
