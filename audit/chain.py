@@ -23,12 +23,15 @@ def verify_stage_order(ctx: Context) -> str:
     """Capture after the freeze; each run's labels frozen after its capture; every audit after those labels."""
     captured: dict[str, int] = {}
     labelled: dict[str, int] = {}
+    unlabelled_design: set[str] = set()  # ablation runs: nothing to label, the audit reads them on their capture digests
     post_hoc = []
     for e in ctx.journal.entries:
         details = e.get("details", {})
         if e["stage"] == "capture":
             for run in details.get("runs", []):
                 captured[run] = e["seq"]
+                if details.get("design") == "ablation":
+                    unlabelled_design.add(run)
         elif e["stage"] == "label":
             run = details.get("run")
             if run not in captured:
@@ -36,7 +39,7 @@ def verify_stage_order(ctx: Context) -> str:
             labelled[run] = e["seq"]
         elif e["stage"] == "audit":
             runs = details.get("runs", {})
-            unlabelled = [r for r in runs if r not in labelled]
+            unlabelled = [r for r in runs if r not in labelled and r not in unlabelled_design]
             if unlabelled:
                 raise ChainBroken(f"journal entry {e['seq']} read scores of run(s) {unlabelled} whose labels were not frozen first")
         elif e["stage"] == "amend" and details.get("post_hoc"):
@@ -96,7 +99,8 @@ def verify_ledger(ctx: Context) -> str:
     frozen = require_frozen(ctx.study_dir)
     if frozen.repo_root is None:
         frozen = type(frozen)(**{**frozen.__dict__, "repo_root": base})
-    if not all((base / "runs" / study_id / r["id"] / "units.parquet").exists() for r in frozen.spec["runtime"]["runs"]):
+    table = "pairs.parquet" if frozen.design == "ablation" else "units.parquet"
+    if not all((base / "runs" / study_id / r["id"] / table).exists() for r in frozen.spec["runtime"]["runs"]):
         return "captured tables not present here; ledger not recomputed (verify a bundle)"
     recomputed, _ = compute(frozen)
     on_disk = json.loads(ledger_path.read_text())

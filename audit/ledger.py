@@ -147,6 +147,7 @@ def _run_cards(frozen, cache: dict[str, RunData], claims: list[dict]) -> list[di
         spill = int(run.prompts["n_spill"].sum())
         if spill:
             warnings.append(f"{spill} generated tokens spilled past a trim token ({int((run.prompts['n_spill'] > 0).sum())} prompts); claims use the trimmed zone")
+        warnings += list(run.manifest.get("warnings", []))  # ablation runs: one line per preregistered exclusion that applied
         for deviation in run.manifest.get("deviations", []):
             warnings.append(f"runtime deviation: {deviation}")
         failed = [c for c in mine if c["status"] in ("fell", "not_established", "unsupported")]
@@ -205,7 +206,7 @@ def run_audit(frozen) -> Path:
     inputs = {}
     for run in frozen.spec["runtime"]["runs"]:
         run_dir = root / "runs" / frozen.study_id / run["id"]
-        for name in ("units.parquet", "labels.parquet", "manifest.json"):
+        for name in ("units.parquet", "labels.parquet", "manifest.json", "pairs.parquet", "ablations.parquet", "baseline.parquet"):
             if (run_dir / name).exists():
                 inputs[(run_dir / name).relative_to(root).as_posix()] = sha256_file(run_dir / name)
     append_entry(frozen.root, "audit", inputs=inputs, outputs=outputs, access_level="scores_seen", started_utc=started,

@@ -38,8 +38,10 @@ def _digests(folder: Path, root: Path) -> dict[str, str]:
 @click.option("--batch-size", type=int, default=None, help="Override /runtime/batch_size (a deviation).")
 @click.option("--device-map", default=None, help='Passed to from_pretrained, e.g. "auto" across GPUs.')
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option("--slots-per-forward", type=int, default=None,
+              help="Ablation studies: single-slot ablations stacked in one forward of the all-slot baseline.")
 def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_path, dtype, batch_size,
-            device_map, no_progress) -> None:
+            device_map, no_progress, slots_per_forward) -> None:
     """Run the model on the frozen study's prompts and write texts and routing under runs/.
 
     Refuses unless the study's freeze verifies. Interrupted and started again, it resumes.
@@ -54,11 +56,15 @@ def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_p
     root = Path(runs_root) if runs_root is not None else Path(frozen.repo_root) / "runs"
     wanted = list(run_ids) or [r["id"] for r in frozen.spec["runtime"]["runs"]]
     already = all((root / frozen.study_id / r / "manifest.json").is_file() for r in wanted)
-    paths = run_capture(
-        frozen, run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=runs_root,
-        shard=parse_shard(shard), progress=not no_progress, model_path=model_path,
-        overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map,
-    )
+    kwargs = dict(run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=runs_root,
+                  shard=parse_shard(shard), progress=not no_progress, model_path=model_path,
+                  overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map)
+    if frozen.design == "ablation":  # capture/ablation.py; its exclusions go into the journal entry
+        from .ablation import run_ablation_capture
+
+        paths = run_ablation_capture(frozen, slots_per_forward=slots_per_forward, **kwargs)
+    else:
+        paths = run_capture(frozen, **kwargs)
     incomplete = [p for p in paths if not (p / "manifest.json").is_file()]
     for p in paths:
         click.echo(f"{p}: {'complete' if p not in incomplete else 'shard done; run without --shard to merge'}")
@@ -70,5 +76,11 @@ def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_p
         outputs.update(_digests(p, root))
     inputs = {_rel(f, root): sha256_file(f) for f in sorted(Path(frozen.root).glob("*")) if f.is_file()
               and f.name in ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml", "prereg.lock.json")}
+    details = {"runs": [p.name for p in paths]}
+    if frozen.design == "ablation":
+        import json
+
+        details["design"] = "ablation"  # no labels follow: the audit reads these runs on their capture digests
+        details["exclusions"] = {p.name: json.loads((p / "manifest.json").read_text())["exclusions"] for p in paths}
     append_entry(frozen.root, STAGE, inputs=inputs, outputs=outputs, access_level=ACCESS_LEVEL,
-                 details={"runs": [p.name for p in paths]}, started_utc=started)
+                 details=details, started_utc=started)

@@ -293,7 +293,8 @@ def run_capture(
     overrides: dict[str, Any] | None = None,
     device_map: str | None = None,
 ) -> list[Path]:
-    """Capture every (or the chosen) preregistered run of a frozen routing study.
+    """Capture every (or the chosen) preregistered run of a frozen routing study (ablation studies go to
+    :func:`capture.ablation.run_ablation_capture`).
 
     Parameters
     ----------
@@ -319,6 +320,12 @@ def run_capture(
     list of Path
         The run folders; complete ones hold ``manifest.json``.
     """
+    if frozen.design == "ablation":  # the ablation design has its own capture: capture/ablation.py
+        from .ablation import run_ablation_capture
+
+        return run_ablation_capture(frozen, run_ids=run_ids, allow_deviation=allow_deviation, runs_root=runs_root,
+                                    shard=shard, progress=progress, model_path=model_path, overrides=overrides,
+                                    device_map=device_map)
     if frozen.design != "routing":
         raise CaptureError(f"study {frozen.study_id!r} has design {frozen.design!r}; routing capture needs 'routing'")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -1,0 +1,651 @@
+"""Capture for the ablation design: contrastive-pair margins, head-slot ablation, the all-slot baseline.
+
+For a frozen study with ``design: ablation`` and each preregistered run (``decoding: none``),
+:func:`run_ablation_capture`:
+
+1. loads the model and tokenizer once, builds the slot table (:mod:`capture.slots`) for
+   ``ablation.slot_layers``, and refuses a target that is not a slot;
+2. tokenises every pair (sorted by id): clean and corrupted prompt, and the answer and wrong answer
+   by ``ablation.answer_tokenization`` (``first_token``: the first id of the answer tokenised alone,
+   no special tokens, leading space kept); exclusion ``shared_first_token`` applies here;
+3. for ``kind: mean``, the mean of every slot over every non-pad token of the reference split, in
+   the unablated model (float64 sums);
+4. the unablated margins of every pair, clean and corrupted; exclusion ``nonpositive_clean_margin``
+   applies here, before any ablated margin exists;
+5. the targeted ablations on the pairs left: each target alone (mode ``individual``; not those in
+   ``combined_only``) and each combined set (``ablation.combined`` and the targets of every
+   ``mode: combined`` analysis), clean and corrupted;
+6. when an analysis is an ``all_unit_baseline``: every slot ablated alone on the clean prompts of
+   the pairs left, one batch of pairs at a time (resumable per batch), ``slots_per_forward`` slot
+   ablations stacked along the batch dimension of one forward.
+
+The margin of a prompt is ``logit(answer) - logit(wrong_answer)`` at its last real token (prompts are
+left-padded, position ids count real tokens only), computed in float32 as ``h · (W[a] - W[b])`` from
+``h``, the output head's input at that position, and ``W``, the output head's weight (plus its bias
+when it has one). For a linear output head this is the float32 logit difference whatever the model's
+dtype (tests check it against the model's own logits). Drop = unablated margin - ablated margin.
+
+Layout of ``runs/<study>/<run-id>/`` once complete::
+
+    manifest.json             provenance, the slot table, exclusions, counts, cost; written last
+    pairs.parquet             one row per pair: texts, token ids, answer ids, unablated margins, exclusion
+    ablations.parquet         one row per pair x targeted condition: ablated margins and drops
+    baseline.parquet          one row per pair x slot (all-slot baseline): ablated clean margin, drop
+    reference_means.parquet   one row per slot: the mean it is replaced by (mean ablation)
+
+While running, ``_work/`` holds the bound configuration, ``prep/`` (steps 2-5, written once, so that
+a resume reuses the same exclusions) and one shard per batch of the all-slot baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from lockstep.errors import CaptureError, UsageError
+from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, utc_now
+
+from . import builtin, builtin_heads, runtime
+from .slots import Slot, SlotAblation, SlotMeans, slot_summary, slot_table
+from .store import RunStore, disk_errors, write_table
+
+FORMAT_VERSION = 1
+DEFAULT_STACK_ROWS = 256
+MARGIN_DEFINITION = ("logit(first token of answer) - logit(first token of wrong_answer) at the last real token, "
+                     "float32, from the output head's input")
+
+PAIRS_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("class", pa.string()), ("split", pa.string()),
+    ("clean", pa.string()), ("corrupted", pa.string()), ("answer", pa.string()), ("wrong_answer", pa.string()),
+    ("clean_token_ids", pa.list_(pa.int64())), ("corrupted_token_ids", pa.list_(pa.int64())),
+    ("answer_token_id", pa.int64()), ("wrong_token_id", pa.int64()),
+    ("answer_n_tokens", pa.int64()), ("wrong_n_tokens", pa.int64()),
+    ("baseline_clean_margin", pa.float64()), ("baseline_corrupted_margin", pa.float64()),
+    ("excluded", pa.bool_()), ("excluded_by", pa.string()), ("flagged_by", pa.list_(pa.string())),
+])
+ABLATIONS_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("mode", pa.string()), ("target", pa.string()), ("n_slots", pa.int64()),
+    ("baseline_clean_margin", pa.float64()), ("ablated_clean_margin", pa.float64()), ("clean_drop", pa.float64()),
+    ("baseline_corrupted_margin", pa.float64()), ("ablated_corrupted_margin", pa.float64()),
+    ("corrupted_drop", pa.float64()),
+])
+BASELINE_SCHEMA = pa.schema([
+    ("pair_id", pa.string()), ("slot", pa.string()), ("layer", pa.int64()), ("head", pa.int64()),
+    ("layer_type", pa.string()), ("ablated_margin", pa.float64()), ("drop", pa.float64()),
+])
+MEANS_SCHEMA = pa.schema([
+    ("slot", pa.string()), ("layer", pa.int64()), ("head", pa.int64()), ("layer_type", pa.string()),
+    ("module", pa.string()), ("n_tokens", pa.int64()), ("mean", pa.list_(pa.float32())),
+])
+
+
+def _slot_order(label: str) -> tuple[int, int]:
+    layer, head = label[1:].split("H")
+    return int(layer), int(head)
+
+
+def condition_key(labels) -> str:
+    """The id of a set of slots ablated together: labels sorted by layer then head, joined by ``+``."""
+    return "+".join(sorted(set(labels), key=_slot_order))
+
+
+# -- the forward ------------------------------------------------------------------------------------
+
+class MarginForward:
+    """Left-padded forwards that return the float32 margin at each row's last real token.
+
+    Parameters
+    ----------
+    model : transformers PreTrainedModel (causal LM)
+    pad_id : int
+        Token id used for left padding (masked out; position ids count real tokens only).
+    """
+
+    def __init__(self, model, pad_id: int):
+        if getattr(model.config, "final_logit_softcapping", None):
+            raise CaptureError("the model soft-caps its logits; the margin from the output head's input would not "
+                               "be its logit difference")
+        self.model = model
+        self.pad_id = int(pad_id)
+        self.head = model.get_output_embeddings()
+        self.device = model.get_input_embeddings().weight.device
+        self.forwards = 0
+        self.rows = 0
+
+    def batch(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row):] = 1
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return ids, mask, position_ids
+
+    def run(self, rows: list[list[int]]) -> torch.Tensor:
+        """One forward of ``rows`` (token-id lists); returns the output head's input at the last position."""
+        ids, mask, position_ids = self.batch(rows)
+        seen: list[torch.Tensor] = []
+
+        def keep(module, args, kwargs):
+            seen.append(args[0][:, -1, :].detach())
+
+        handle = self.head.register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                           position_ids=position_ids.to(self.device), use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        self.forwards += 1
+        self.rows += len(rows)
+        return seen[-1]
+
+    def margins(self, rows: list[list[int]], answer: list[int], wrong: list[int]) -> np.ndarray:
+        """Float64 copy of the float32 margins ``h · (W[a] - W[b]) (+ b[a] - b[b])``, one per row."""
+        h = self.run(rows)
+        weight = self.head.weight
+        with torch.inference_mode():
+            a = torch.tensor(answer, device=weight.device)
+            b = torch.tensor(wrong, device=weight.device)
+            diff = weight[a].float() - weight[b].float()
+            out = (h.to(weight.device).float() * diff).sum(dim=-1)
+            if getattr(self.head, "bias", None) is not None:
+                out = out + self.head.bias[a].float() - self.head.bias[b].float()
+        return out.double().cpu().numpy()
+
+
+def ablated_margins(fwd: MarginForward, ablation: SlotAblation, rows: list[list[int]], answer: list[int],
+                    wrong: list[int], conditions: list[list[str]], stack: int) -> np.ndarray:
+    """Margins of ``rows`` under each condition (a list of slot labels ablated together): ``[C, len(rows)]``.
+
+    ``stack`` conditions share one forward (their rows concatenated); the result does not depend on
+    it beyond floating-point reassociation.
+    """
+    out = np.empty((len(conditions), len(rows)))
+    for start in range(0, len(conditions), stack):
+        group = conditions[start:start + stack]
+        row_slots = [labels for labels in group for _ in rows]
+        with ablation.ablating(row_slots):
+            m = fwd.margins(rows * len(group), answer * len(group), wrong * len(group))
+        out[start:start + len(group)] = m.reshape(len(group), len(rows))
+    return out
+
+
+# -- the study --------------------------------------------------------------------------------------
+
+@dataclass
+class _Setup:
+    source: runtime.ModelSource
+    model: Any
+    tok: Any
+    loader: str
+    slots: list[Slot]
+    facts: dict[str, Any]
+    dtype: str
+    pad_id: int
+
+
+@dataclass
+class _Prep:
+    pairs: pa.Table
+    ablations: pa.Table
+    means: pa.Table | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _texts(frozen) -> list[str]:
+    keys = ("text", "clean", "corrupted", "answer", "wrong_answer")
+    return [p[k] for p in frozen.prompts for k in keys if isinstance(p.get(k), str)]
+
+
+def _resolve(frozen, runs_root: Path, model_path: Path | None) -> runtime.ModelSource:
+    model = frozen.spec["model"]
+    if model["source"] == "builtin" and model_path is None:
+        words = builtin.words_of(_texts(frozen))
+        spec = model["builtin"]
+        if spec["name"] == builtin_heads.NAME:
+            folder = builtin_heads.ensure_builtin(spec, Path(runs_root) / "_models", words)
+            return runtime.ModelSource(folder, "builtin", builtin_heads.BUILDER_VERSION)
+        folder = builtin.ensure_builtin(spec, Path(runs_root) / "_models", words)
+        return runtime.ModelSource(folder, "builtin", builtin.BUILDER_VERSION)
+    if model["source"] == "path" and model_path is None:
+        model_path = Path(model["path"])
+    return runtime.resolve_model(frozen, runs_root, model_path)
+
+
+def _pad_id(tok) -> int:
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad is None:
+        raise CaptureError("the tokenizer has neither a pad nor an eos token to left-pad batches with")
+    return int(pad)
+
+
+def _setup(frozen, runs_root: Path, overrides: dict, model_path, device_map) -> _Setup:
+    spec = frozen.spec
+    source = _resolve(frozen, runs_root, model_path)
+    tok, loader = runtime.load_tokenizer(source.path, _texts(frozen))
+    dtype = overrides.get("dtype") or spec["model"].get("dtype", "float32")
+    model = runtime.load_model(source, dtype=dtype, trust_remote_code=bool(spec["model"].get("trust_remote_code")),
+                               device_map=device_map)
+    slots = slot_table(model, spec["ablation"].get("slot_layers", "all"))
+    labels = {s.label for s in slots}
+    targets = [t["id"] for t in spec["units"]["targets"]]
+    missing = [t for t in targets if t not in labels]
+    if missing:
+        summary = slot_summary(slots)
+        raise CaptureError(
+            f"target(s) {missing} are not head slots of {spec['model']['id']} with slot_layers "
+            f"{spec['ablation'].get('slot_layers', 'all')!r} ({summary['slots']} slots: {summary['by_layer_type']})",
+            hint="the LxxHyy labels must name slots of this model's slot table (see capture/slots.py); amend the study")
+    facts = runtime.template_facts(tok, spec["runtime"])
+    return _Setup(source, model, tok, loader, slots, facts, dtype, _pad_id(tok))
+
+
+def _encode_answer(tok, text: str) -> list[int]:
+    ids = tok(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise CaptureError(f"the answer {text!r} tokenises to nothing")
+    return list(ids)
+
+
+def _encode(frozen, st: _Setup) -> tuple[list[dict], list[list[int]]]:
+    """Pairs sorted by id with token ids, and the reference texts' token ids."""
+    rt = frozen.spec["runtime"]
+    ablation = frozen.spec["ablation"]
+    unk = st.tok.unk_token_id
+    limit = getattr(st.model.config, "max_position_embeddings", None)
+    pairs, unknown, too_long = [], [], []
+    for p in sorted((p for p in frozen.prompts if "clean" in p), key=lambda p: p["id"]):
+        clean = st.tok(runtime.render(st.tok, p["clean"], rt), add_special_tokens=False).input_ids
+        corrupted = st.tok(runtime.render(st.tok, p["corrupted"], rt), add_special_tokens=False).input_ids
+        answer, wrong = _encode_answer(st.tok, p["answer"]), _encode_answer(st.tok, p["wrong_answer"])
+        if unk is not None and unk in (answer[0], wrong[0]):
+            unknown.append(p["id"])
+        if limit is not None and max(len(clean), len(corrupted)) > limit:
+            too_long.append(p["id"])
+        pairs.append({**p, "clean_ids": list(clean), "corrupted_ids": list(corrupted), "answer_ids": answer, "wrong_ids": wrong})
+    if unknown:
+        raise CaptureError(f"the tokenizer maps the first token of the answer or wrong answer of {unknown} to its unknown token",
+                           hint="fix the answers (an amendment); a margin against the unknown token means nothing")
+    if too_long:
+        raise CaptureError(f"pair(s) {too_long} are longer than the model's context", hint="shorten them (an amendment)")
+    if ablation["answer_tokenization"] != "first_token":
+        raise CaptureError(f"answer_tokenization {ablation['answer_tokenization']!r} is not supported")
+    reference = []
+    if ablation["kind"] == "mean":
+        for p in sorted(frozen.prompts_in(split=ablation["reference_split"]), key=lambda p: p["id"]):
+            text = p.get("text") or p.get("clean")
+            reference.append(list(st.tok(runtime.render(st.tok, text, rt), add_special_tokens=False).input_ids))
+        if not any(reference):
+            raise CaptureError(f"the reference split {ablation['reference_split']!r} has no text to average over")
+    return pairs, reference
+
+
+def _exclusion_rules(frozen) -> dict[str, tuple[str, str]]:
+    """rule -> (exclusion id, action) for the two rules capture applies."""
+    out = {}
+    for x in frozen.spec.get("exclusions", []):
+        if x["rule"] in ("shared_first_token", "nonpositive_clean_margin"):
+            out[x["rule"]] = (x["id"], x.get("action", "exclude"))
+    return out
+
+
+def targeted_conditions(frozen) -> list[tuple[str, list[str]]]:
+    """(mode, slot labels) of every targeted ablation the plan calls for, in a fixed order."""
+    spec = frozen.spec
+    ablation = spec["ablation"]
+    modes = ablation["modes"]
+    out: list[tuple[str, list[str]]] = []
+    if "individual" in modes:
+        only = set(ablation.get("combined_only", []))
+        out += [("individual", [t["id"]]) for t in spec["units"]["targets"] if t["id"] not in only]
+    if "combined" in modes:
+        sets = [ablation["combined"]] if ablation.get("combined") else []
+        sets += [a["targets"] for a in spec["analyses"] if a.get("mode") == "combined" and a.get("targets")]
+        seen = set()
+        for labels in sets:
+            key = condition_key(labels)
+            if key not in seen:
+                seen.add(key)
+                out.append(("combined", sorted(set(labels), key=_slot_order)))
+    for a in spec["analyses"]:
+        if a.get("mode") == "individual" and a["kind"] != "all_unit_baseline":
+            for t in a.get("targets", []):
+                if ("individual", [t]) not in out:
+                    out.append(("individual", [t]))
+    return out
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _prepare(frozen, st: _Setup, fwd: MarginForward, pairs: list[dict], reference: list[list[int]],
+             batch_size: int, stack: int, progress) -> _Prep:
+    ablation_spec = frozen.spec["ablation"]
+    rules = _exclusion_rules(frozen)
+    excluded: dict[str, str] = {}
+    flagged: dict[str, list[str]] = {p["id"]: [] for p in pairs}
+
+    def apply(rule: str, pair_ids: list[str]) -> None:
+        if rule not in rules:
+            return
+        xid, action = rules[rule]
+        for pid in pair_ids:
+            (excluded.setdefault(pid, xid) if action == "exclude" else flagged[pid].append(xid))
+
+    apply("shared_first_token", [p["id"] for p in pairs if p["answer_ids"][0] == p["wrong_ids"][0]])
+    means = None
+    means_table = None
+    if ablation_spec["kind"] == "mean":
+        acc = SlotMeans(st.model, st.slots)
+        for chunk in _batches(reference, batch_size):
+            _, mask, _ = fwd.batch(chunk)
+            with acc.recording(mask):
+                fwd.run(chunk)
+        means = acc.means()
+        means_table = pa.Table.from_pylist([
+            {"slot": s.label, "layer": s.layer, "head": s.head, "layer_type": s.layer_type, "module": s.module,
+             "n_tokens": acc.n_tokens, "mean": means[s.label].tolist()} for s in st.slots], schema=MEANS_SCHEMA)
+    abl = SlotAblation(st.model, st.slots, means)
+    live = [p for p in pairs if p["id"] not in excluded]
+    base_clean, base_corrupted = {}, {}
+    for chunk in _batches(live, batch_size):
+        a, b = [p["answer_ids"][0] for p in chunk], [p["wrong_ids"][0] for p in chunk]
+        for pid, m in zip([p["id"] for p in chunk], fwd.margins([p["clean_ids"] for p in chunk], a, b)):
+            base_clean[pid] = float(m)
+        for pid, m in zip([p["id"] for p in chunk], fwd.margins([p["corrupted_ids"] for p in chunk], a, b)):
+            base_corrupted[pid] = float(m)
+    apply("nonpositive_clean_margin", [p["id"] for p in live if base_clean[p["id"]] <= 0])
+    live = [p for p in pairs if p["id"] not in excluded]
+    conditions = targeted_conditions(frozen)
+    rows = []
+    progress(f"targeted ablations ({len(conditions)} conditions, {len(live)} pairs)")
+    for chunk in _batches(live, batch_size):
+        a, b = [p["answer_ids"][0] for p in chunk], [p["wrong_ids"][0] for p in chunk]
+        labels = [c[1] for c in conditions]
+        clean = ablated_margins(fwd, abl, [p["clean_ids"] for p in chunk], a, b, labels, stack)
+        corrupted = ablated_margins(fwd, abl, [p["corrupted_ids"] for p in chunk], a, b, labels, stack)
+        for c, (mode, slots) in enumerate(conditions):
+            for r, p in enumerate(chunk):
+                bc, bk = base_clean[p["id"]], base_corrupted[p["id"]]
+                rows.append({"pair_id": p["id"], "mode": mode, "target": condition_key(slots), "n_slots": len(slots),
+                             "baseline_clean_margin": bc, "ablated_clean_margin": float(clean[c, r]),
+                             "clean_drop": bc - float(clean[c, r]), "baseline_corrupted_margin": bk,
+                             "ablated_corrupted_margin": float(corrupted[c, r]),
+                             "corrupted_drop": bk - float(corrupted[c, r])})
+    rows.sort(key=lambda r: (r["mode"], r["target"], r["pair_id"]))
+    pair_rows = [{
+        "pair_id": p["id"], "class": p["class"], "split": p["split"], "clean": p["clean"], "corrupted": p["corrupted"],
+        "answer": p["answer"], "wrong_answer": p["wrong_answer"], "clean_token_ids": p["clean_ids"],
+        "corrupted_token_ids": p["corrupted_ids"], "answer_token_id": p["answer_ids"][0],
+        "wrong_token_id": p["wrong_ids"][0], "answer_n_tokens": len(p["answer_ids"]),
+        "wrong_n_tokens": len(p["wrong_ids"]), "baseline_clean_margin": base_clean.get(p["id"]),
+        "baseline_corrupted_margin": base_corrupted.get(p["id"]), "excluded": p["id"] in excluded,
+        "excluded_by": excluded.get(p["id"]), "flagged_by": flagged[p["id"]]} for p in pairs]
+    info = {"reference_tokens": 0 if means is None else int(means_table["n_tokens"][0].as_py()),
+            "reference_texts": len(reference), "conditions": [{"mode": m, "target": condition_key(s), "slots": s}
+                                                               for m, s in conditions]}
+    return _Prep(pa.Table.from_pylist(pair_rows, schema=PAIRS_SCHEMA),
+                 pa.Table.from_pylist(rows, schema=ABLATIONS_SCHEMA), means_table, info)
+
+
+# -- storage of the prepared tables -----------------------------------------------------------------
+
+def _save_prep(store: RunStore, prep: _Prep) -> None:
+    final = store.work / "prep"
+    with disk_errors(store.root):
+        store.work.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".prep.", dir=store.work))
+        try:
+            write_table(tmp / "pairs.parquet", prep.pairs)
+            write_table(tmp / "ablations.parquet", prep.ablations)
+            if prep.means is not None:
+                write_table(tmp / "reference_means.parquet", prep.means)
+            atomic_write(tmp / "prep.json", pretty_json(prep.info))
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _load_prep(store: RunStore) -> _Prep | None:
+    folder = store.work / "prep"
+    if not (folder / "prep.json").is_file():
+        return None
+    means = folder / "reference_means.parquet"
+    return _Prep(pq.read_table(folder / "pairs.parquet", schema=PAIRS_SCHEMA),
+                 pq.read_table(folder / "ablations.parquet", schema=ABLATIONS_SCHEMA),
+                 pq.read_table(means, schema=MEANS_SCHEMA) if means.is_file() else None,
+                 json.loads((folder / "prep.json").read_text()))
+
+
+def _means_of(table: pa.Table | None) -> dict[str, torch.Tensor] | None:
+    if table is None:
+        return None
+    return {s: torch.tensor(m, dtype=torch.float32) for s, m in zip(table["slot"].to_pylist(), table["mean"].to_pylist())}
+
+
+# -- one run ------------------------------------------------------------------------------------------
+
+def _needs_baseline(frozen) -> bool:
+    return any(a["kind"] == "all_unit_baseline" for a in frozen.spec["analyses"])
+
+
+def _run_config(frozen, run, st: _Setup, batch_size: int, stack: int, deviations) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION, "design": "ablation", "study_id": frozen.study_id, "run_id": run["id"],
+        "lock_digest": frozen.lock_digest, "run": run, "model_config_sha256": runtime.config_sha256(st.source.path),
+        "model_revision": st.source.revision, "dtype": st.dtype, "batch_size": batch_size, "slots_per_forward": stack,
+        "ablation": frozen.spec["ablation"], "slot_table_sha256": sha256_bytes(canonical_json([s.to_dict() for s in st.slots])),
+        "pair_ids": sorted(p["id"] for p in frozen.prompts if "clean" in p), "deviations": deviations,
+    }
+
+
+def _say(enabled: bool):
+    def say(text: str) -> None:
+        if enabled:
+            sys.stderr.write(f"{text}\n")
+            sys.stderr.flush()
+    return say
+
+
+def _baseline_batches(prep: _Prep, batch_size: int) -> list[list[dict]]:
+    pairs = [r for r in prep.pairs.to_pylist() if not r["excluded"]]
+    return _batches(pairs, batch_size)
+
+
+def baseline_batch(st: _Setup, fwd: MarginForward, abl: SlotAblation, chunk: list[dict], stack: int) -> pa.Table:
+    """Every slot ablated alone on one batch of pairs (rows of pairs.parquet): the long baseline table."""
+    a, w = [p["answer_token_id"] for p in chunk], [p["wrong_token_id"] for p in chunk]
+    ablated = ablated_margins(fwd, abl, [p["clean_token_ids"] for p in chunk], a, w, [[s.label] for s in st.slots], stack)
+    rows = {"pair_id": [], "slot": [], "layer": [], "head": [], "layer_type": [], "ablated_margin": [], "drop": []}
+    for r, p in enumerate(chunk):
+        for j, s in enumerate(st.slots):
+            rows["pair_id"].append(p["pair_id"]), rows["slot"].append(s.label), rows["layer"].append(s.layer)
+            rows["head"].append(s.head), rows["layer_type"].append(s.layer_type)
+            rows["ablated_margin"].append(float(ablated[j, r]))
+            rows["drop"].append(p["baseline_clean_margin"] - float(ablated[j, r]))
+    return pa.Table.from_pydict(rows, schema=BASELINE_SCHEMA)
+
+
+def _capture_baseline(st: _Setup, fwd: MarginForward, prep: _Prep, store: RunStore, batch_size: int, stack: int,
+                      say) -> dict[str, float]:
+    """The all-slot baseline, one shard per batch of pairs (skipping shards already on disk); returns its cost."""
+    abl = SlotAblation(st.model, st.slots, _means_of(prep.means))
+    batches = _baseline_batches(prep, batch_size)
+    done = store.done_batches()
+    seconds, forwards = 0.0, 0
+    for b, chunk in enumerate(batches):
+        if b in done:
+            continue
+        start, before = time.perf_counter(), fwd.forwards
+        table = baseline_batch(st, fwd, abl, chunk, stack)
+        elapsed = time.perf_counter() - start
+        seconds += elapsed
+        forwards += fwd.forwards - before
+        store.write_batch(b, {"baseline": table}, {}, {"pairs": len(chunk), "forwards": fwd.forwards - before, "seconds": elapsed})
+        say(f"  all-slot baseline: batch {b + 1}/{len(batches)} ({len(st.slots)} slots x {len(chunk)} pairs, "
+            f"{elapsed:.1f} s)")
+    return {"seconds": seconds, "forwards": forwards}
+
+
+def _merge(store: RunStore, prep: _Prep, n_batches: int | None) -> None:
+    with disk_errors(store.root):
+        write_table(store.root / "pairs.parquet", prep.pairs)
+        write_table(store.root / "ablations.parquet", prep.ablations)
+        if prep.means is not None:
+            write_table(store.root / "reference_means.parquet", prep.means)
+        if n_batches is not None:
+            parts = [pq.read_table(store.batches / f"b{i:05d}" / "baseline.parquet", schema=BASELINE_SCHEMA)
+                     for i in range(n_batches)]
+            table = pa.concat_tables(parts) if parts else BASELINE_SCHEMA.empty_table()
+            write_table(store.root / "baseline.parquet", table)
+
+
+def exclusion_summary(frozen, pairs: pa.Table) -> tuple[list[dict], list[str]]:
+    """Per preregistered exclusion: the pairs it removed or flagged, by class; and one warning line each."""
+    frame = pairs.select(["pair_id", "class", "excluded_by", "flagged_by"]).to_pylist()
+    out, warnings = [], []
+    for x in frozen.spec.get("exclusions", []):
+        hit = [r for r in frame if r["excluded_by"] == x["id"] or x["id"] in (r["flagged_by"] or [])]
+        by_class: dict[str, int] = {}
+        for r in hit:
+            by_class[r["class"]] = by_class.get(r["class"], 0) + 1
+        out.append({"id": x["id"], "rule": x["rule"], "action": x.get("action", "exclude"),
+                    "pairs": sorted(r["pair_id"] for r in hit), "by_class": dict(sorted(by_class.items()))})
+        if hit:
+            verb = "excluded" if x.get("action", "exclude") == "exclude" else "flagged"
+            classes = ", ".join(f"{k} {v}" for k, v in sorted(by_class.items()))
+            warnings.append(f"exclusion {x['id']} ({x['rule']}) {verb} {len(hit)} pair(s) ({classes}): "
+                            + ", ".join(sorted(r["pair_id"] for r in hit)))
+    return out, warnings
+
+
+def _manifest(frozen, run, st: _Setup, prep: _Prep, config: dict, cost: dict, fwd: MarginForward, started: str,
+              deviations, n_batches: int) -> dict[str, Any]:
+    from lockstep.provenance import git_info, package_versions
+
+    pairs = prep.pairs.select(["pair_id", "class", "excluded", "excluded_by"]).to_pylist()
+    by_class: dict[str, dict[str, int]] = {}
+    for r in pairs:
+        c = by_class.setdefault(r["class"], {"pairs": 0, "analysed": 0})
+        c["pairs"] += 1
+        c["analysed"] += 0 if r["excluded"] else 1
+    exclusions, warnings = exclusion_summary(frozen, prep.pairs)
+    targets = {t["id"]: next(s.to_dict() for s in st.slots if s.label == t["id"]) for t in frozen.spec["units"]["targets"]}
+    per_second = cost["baseline"]["forwards"] / cost["baseline"]["seconds"] if cost["baseline"]["seconds"] else None
+    return {
+        "format_version": FORMAT_VERSION, "design": "ablation", "study_id": frozen.study_id, "run_id": run["id"],
+        "lock_digest": frozen.lock_digest, "synthetic": bool(frozen.spec.get("synthetic", False)),
+        "model": {"id": frozen.spec["model"].get("id"), "source": st.source.kind, "path": str(st.source.path),
+                  "revision": st.source.revision, "config_sha256": config["model_config_sha256"],
+                  "class": type(st.model).__name__, "dtype": st.dtype,
+                  "devices": sorted({str(p.device) for p in st.model.parameters()})},
+        "tokenizer": {"loader": st.loader, "template": st.facts},
+        "ablation": frozen.spec["ablation"], "margin": MARGIN_DEFINITION,
+        "slot_summary": slot_summary(st.slots), "slot_table": [s.to_dict() for s in st.slots],
+        "slot_table_sha256": config["slot_table_sha256"], "targets": targets,
+        "conditions": prep.info["conditions"],
+        "reference": {"split": frozen.spec["ablation"].get("reference_split"), "texts": prep.info["reference_texts"],
+                      "tokens": prep.info["reference_tokens"]},
+        "exclusions": exclusions, "warnings": warnings, "deviations": deviations, "decoding": run,
+        "batch_size": config["batch_size"], "slots_per_forward": config["slots_per_forward"],
+        # finish_reason null: nothing is generated in the ablation design (the run-manifest schema asks for it)
+        "prompts": {r["pair_id"]: {"finish_reason": None, "class": r["class"], "excluded_by": r["excluded_by"]}
+                    for r in pairs},
+        "counts": {"prompts": len(pairs), "pairs": len(pairs), "analysed": sum(not r["excluded"] for r in pairs),
+                   "by_class": by_class, "batches": n_batches, "slots": len(st.slots),
+                   "conditions": len(prep.info["conditions"])},
+        "cost": {"all_slot_baseline_seconds": cost["baseline"]["seconds"],
+                 "all_slot_baseline_forwards": cost["baseline"]["forwards"],
+                 "all_slot_baseline_forwards_per_second": per_second,
+                 "forwards_this_process": fwd.forwards, "rows_this_process": fwd.rows},
+        "versions": package_versions(), "git": git_info(frozen.root), "started_utc": started, "finished_utc": utc_now(),
+    }
+
+
+def _capture_run(frozen, run, st: _Setup, store: RunStore, *, batch_size: int, stack: int, deviations, say) -> None:
+    config = _run_config(frozen, run, st, batch_size, stack, deviations)
+    started = utc_now()
+    store.bind(config)
+    fwd = MarginForward(st.model, st.pad_id)
+    prep = _load_prep(store)
+    if prep is None:
+        pairs, reference = _encode(frozen, st)
+        say(f"capture {frozen.study_id}/{run['id']}: {len(pairs)} pairs, {len(st.slots)} slots")
+        prep = _prepare(frozen, st, fwd, pairs, reference, batch_size, stack, say)
+        _save_prep(store, prep)
+    cost = {"baseline": {"seconds": 0.0, "forwards": 0}}
+    n_batches = None
+    if _needs_baseline(frozen):
+        cost["baseline"] = _capture_baseline(st, fwd, prep, store, batch_size, stack, say)
+        n_batches = len(_baseline_batches(prep, batch_size))
+    _merge(store, prep, n_batches)
+    store.finish(_manifest(frozen, run, st, prep, config, cost, fwd, started, deviations,
+                           n_batches if n_batches is not None else len(_baseline_batches(prep, batch_size))))
+
+
+def run_ablation_capture(frozen, *, run_ids: list[str] | None = None, allow_deviation: bool = False,
+                         runs_root: Path | None = None, shard: tuple[int, int] | None = None, progress: bool = True,
+                         model_path: Path | None = None, overrides: dict[str, Any] | None = None,
+                         device_map: str | None = None, slots_per_forward: int | None = None) -> list[Path]:
+    """Capture every (or the chosen) preregistered run of a frozen ablation study.
+
+    Parameters are those of :func:`capture.run.run_capture`, plus ``slots_per_forward``: how many
+    single-slot ablations share one forward in the all-slot baseline (default: as many as keep a
+    forward at most 256 rows). Sharding is refused: the whole study is a few forwards per slot.
+
+    Returns
+    -------
+    list of Path
+        The run folders; complete ones hold ``manifest.json``.
+    """
+    if frozen.design != "ablation":
+        raise CaptureError(f"study {frozen.study_id!r} has design {frozen.design!r}; ablation capture needs 'ablation'")
+    if shard is not None:
+        raise UsageError("`--shard` is for routing studies; an ablation study is captured in one process",
+                         hint="run `lockstep capture` without --shard")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    runs = frozen.spec["runtime"]["runs"]
+    if run_ids is not None:
+        unknown = sorted(set(run_ids) - {r["id"] for r in runs})
+        if unknown:
+            raise UsageError(f"unknown run(s) {unknown}; the study preregisters {[r['id'] for r in runs]}")
+        runs = [r for r in runs if r["id"] in set(run_ids)]
+    for run in runs:
+        if run["decoding"] != "none":
+            raise CaptureError(f"run {run['id']!r} decodes ({run['decoding']}); an ablation run is forward passes only",
+                               hint="set its decoding to none (an amendment)")
+    root = Path(runs_root) if runs_root is not None else Path(frozen.repo_root) / "runs"
+    batch_size = int(overrides.get("batch_size", frozen.spec["runtime"].get("batch_size", 1)))
+    if slots_per_forward is not None and slots_per_forward < 1:
+        raise UsageError("`--slots-per-forward` must be at least 1")
+    stack = int(slots_per_forward or max(1, DEFAULT_STACK_ROWS // batch_size))
+    st = _setup(frozen, root, overrides, model_path, device_map)
+    found = runtime.deviations(frozen, st.source, st.facts, overrides)
+    if found and not allow_deviation:
+        lines = "; ".join(f"{d['field']}: preregistered {d['preregistered']!r}, actual {d['actual']!r}" for d in found)
+        raise CaptureError(f"the runtime differs from the preregistration: {lines}",
+                           hint="run as preregistered, amend the study, or pass --allow-deviation to record it")
+    paths = []
+    for run in runs:
+        store = RunStore(root / frozen.study_id / run["id"])
+        paths.append(store.root)
+        if not store.is_complete():
+            _capture_run(frozen, run, st, store, batch_size=batch_size, stack=stack, deviations=found,
+                         say=_say(progress))
+    return paths

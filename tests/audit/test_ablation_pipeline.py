@@ -1,0 +1,173 @@
+"""The ablation design end to end, as a user runs it (prereg -> capture -> label -> audit through the CLI) on
+demo-ablation (a planted head) and its null twin, with the ledger's numbers recomputed from the captured
+tables by independent code (numpy, scipy.stats, pandas)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats as sps
+
+from studyrepo import commit_all, copy_study, git
+
+LOCKSTEP = [sys.executable, "-m", "lockstep"]
+COMBINED = "L1H1+L2H1+L3H2"
+
+
+def lockstep(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*LOCKSTEP, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _audited(tmp_path_factory, name: str) -> tuple[Path, str]:
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    copy_study(name, repo)
+    commit_all(repo, f"add {name}")
+    lockstep("prereg", f"preregistrations/{name}", cwd=repo)
+    commit_all(repo, f"freeze {name}")
+    lockstep("capture", f"preregistrations/{name}", "--no-progress", cwd=repo)
+    said = lockstep("label", f"preregistrations/{name}", cwd=repo).stdout
+    lockstep("audit", f"preregistrations/{name}", cwd=repo)
+    return repo, said
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return _audited(tmp_path_factory, "demo-ablation")
+
+
+@pytest.fixture(scope="module")
+def null_twin(tmp_path_factory):
+    return _audited(tmp_path_factory, "demo-ablation-null")
+
+
+def ledger(repo: Path, study: str) -> dict:
+    return json.loads((repo / "reports" / study / "ledger.json").read_text())
+
+
+def claims(repo: Path, study: str) -> dict[str, dict]:
+    return {c["hypothesis"]: c for c in ledger(repo, study)["claims"]}
+
+
+def run_table(repo: Path, study: str, name: str) -> pd.DataFrame:
+    return pd.read_parquet(repo / "runs" / study / "forward" / name)
+
+
+def drops(repo: Path, study: str, target: str, cls: str) -> pd.DataFrame:
+    pairs = run_table(repo, study, "pairs.parquet")
+    kept = pairs[~pairs["excluded"] & (pairs["class"] == cls)]["pair_id"]
+    abl = run_table(repo, study, "ablations.parquet")
+    return abl[(abl["target"] == target) & abl["pair_id"].isin(kept)].sort_values("pair_id")
+
+
+def test_the_planted_head_is_found_and_held(planted):
+    repo, said = planted
+    assert "no generated text to label" in said
+    status = {h: c["status"] for h, c in claims(repo, "demo-ablation").items()}
+    assert status == {"H1": "held", "H2": "held", "H3": "held", "H4": "held", "H5": "fell"}
+    card = json.loads((repo / "reports/demo-ablation/run_card_forward.json").read_text())
+    assert card["status"] == "pass" and card["review_status"] == "pending_review"
+    baseline = pd.read_parquet(repo / "reports/demo-ablation/tables/baseline.parquet").set_index("unit")
+    assert baseline.loc["L3H2", "rank"] == 1 and (baseline["rank"] == 1).sum() == 1
+    assert len(baseline) == 16 and baseline.loc["L2H1", "layer_type"] == "linear_attention"
+    assert ledger(repo, "demo-ablation")["synthetic"] is True
+
+
+def test_the_null_twin_is_not_held(null_twin):
+    repo, _ = null_twin
+    found = claims(repo, "demo-ablation-null")
+    assert found["H1"]["status"] == "fell" and found["H4"]["status"] == "fell"
+    assert all(c["status"] != "held" for c in found.values())
+    card = json.loads((repo / "reports/demo-ablation-null/run_card_forward.json").read_text())
+    assert card["status"] == "fail"
+    # with nothing planted the unablated headline margins are noise: X2 removed some, and says so
+    pairs = run_table(repo, "demo-ablation-null", "pairs.parquet")
+    x2 = pairs[pairs["excluded_by"] == "X2"]
+    assert len(x2) > 0 and (x2["baseline_clean_margin"] <= 0).all()
+    assert any(w.startswith(f"exclusion X2 (nonpositive_clean_margin) excluded {len(x2)} pair(s)") for w in found["H1"]["warnings"])
+    entry = [json.loads(l) for l in (repo / "preregistrations/demo-ablation-null/JOURNAL.jsonl").read_text().splitlines()
+             if json.loads(l)["stage"] == "capture"][-1]
+    assert entry["details"]["exclusions"]["forward"][1]["pairs"] == sorted(x2["pair_id"])
+
+
+@pytest.mark.parametrize("study", ["demo-ablation", "demo-ablation-null"])
+def test_drop_numbers_match_an_independent_computation(planted, null_twin, study):
+    repo = planted[0] if study == "demo-ablation" else null_twin[0]
+    found = claims(repo, study)
+    numbers = found["H1"]["numbers"]
+    d = drops(repo, study, COMBINED, "headline")
+    drop = d["clean_drop"].to_numpy()
+    assert numbers["n_pairs"] == len(drop)
+    assert numbers["mean_drop"] == pytest.approx(drop.mean(), rel=1e-12)
+    ci = sps.ttest_1samp(drop, 0).confidence_interval(0.95)  # scipy.stats.ttest_1samp(drop, 0)
+    assert (numbers["mean_drop_ci_low"], numbers["mean_drop_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert numbers["relative_drop"] == pytest.approx(drop.mean() / d["baseline_clean_margin"].mean(), rel=1e-12)
+    # Monte Carlo sign flips: scipy's own estimate with another stream agrees within 4 standard errors
+    ref = sps.permutation_test((drop,), np.mean, permutation_type="samples", alternative="greater",
+                               n_resamples=9999, random_state=1).pvalue
+    assert abs(numbers["p_value"] - ref) <= 4 * np.sqrt(max(ref * (1 - ref), 1e-4) / 9999) + 2e-4
+
+    spec = found["H3"]["numbers"]
+    c = drops(repo, study, COMBINED, "control")["clean_drop"].to_numpy()
+    assert spec["control_mean_drop"] == pytest.approx(c.mean(), rel=1e-12)
+    assert spec["specificity_ratio"] == pytest.approx(drop.mean() / max(c.mean(), 0.05), rel=1e-12)
+    ref = sps.permutation_test((drop, c), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                               alternative="greater", n_resamples=9999, random_state=1).pvalue
+    assert abs(spec["p_value"] - ref) <= 4 * np.sqrt(max(ref * (1 - ref), 1e-4) / 9999) + 2e-4
+
+
+@pytest.mark.parametrize("study", ["demo-ablation", "demo-ablation-null"])
+def test_baseline_ranks_match_an_independent_computation(planted, null_twin, study):
+    repo = planted[0] if study == "demo-ablation" else null_twin[0]
+    numbers = claims(repo, study)["H4"]["numbers"]
+    pairs = run_table(repo, study, "pairs.parquet")
+    kept = pairs[~pairs["excluded"] & (pairs["class"] == "headline")]["pair_id"]
+    base = run_table(repo, study, "baseline.parquet")
+    means = base[base["pair_id"].isin(kept)].groupby("slot")["drop"].mean()
+    ranks = means.rank(ascending=False, method="max")  # ties ranked pessimistically
+    assert numbers["target_statistic"] == pytest.approx(means["L3H2"], rel=1e-12)
+    assert numbers["target_rank"] == ranks["L3H2"] and numbers["L2H1_rank"] == ranks["L2H1"]
+    assert numbers["best_unit"] == means.idxmax() and numbers["family_size"] == 16
+    # the stacked baseline and the targeted individual ablation of the same slot agree
+    targeted = drops(repo, study, "L3H2", "headline").set_index("pair_id")["clean_drop"]
+    stacked = base[(base["slot"] == "L3H2") & base["pair_id"].isin(kept)].set_index("pair_id")["drop"]
+    np.testing.assert_allclose(stacked.sort_index(), targeted.sort_index(), atol=1e-5)
+
+
+def test_report_shows_the_drop_plot_and_the_head_heatmap(planted):
+    repo, _ = planted
+    html = (repo / "reports/demo-ablation/report.html").read_text()
+    assert "Ablation: margin drop per pair" in html and 'id="fig-ablation-B1"' in html
+    assert "layer × head" in html and 'id="fig-heatmap-B3"' in html
+    assert "pre-registered threshold of 1.5 logits" in html
+    pairs = pd.read_parquet(repo / "reports/demo-ablation/tables/ablation_pairs.parquet")
+    assert {"analysis_id", "pair_id", "pair_class", "baseline_margin", "ablated_margin", "drop"} <= set(pairs.columns)
+    assert set(pairs["analysis_id"]) == {"B1", "B2", "B4/L1H1", "B4/L2H1"}
+
+
+def test_captured_tables_changed_after_capture_are_refused(planted, tmp_path):
+    repo = tmp_path / "copy"
+    shutil.copytree(planted[0], repo)
+    path = repo / "runs/demo-ablation/forward/ablations.parquet"
+    table = pq.read_table(path)
+    margins = table["ablated_clean_margin"].to_numpy().copy()
+    margins[0] -= 5.0
+    path.chmod(0o644)
+    pq.write_table(table.set_column(table.schema.get_field_index("ablated_clean_margin"), "ablated_clean_margin",
+                                    pa.array(margins)), path)
+    result = lockstep("audit", "preregistrations/demo-ablation", cwd=repo, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "ablations.parquet differs from the file the capture recorded" in result.stderr
