@@ -161,11 +161,19 @@ def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], se
                                      alternative=analysis.get("tails", "two-sided"), n_resamples=settings.n_resamples,
                                      exact_cap=settings.exact_cap, alpha=settings.alpha,
                                      rng=np.random.default_rng(settings.seed), dtype=np.float64, nan_policy="drop_units")
+    layers_idx = [stats.parse_unit_id(u) for u in ids]
+    _record_baseline(out, analysis, result, ids, target, targets, settings, "units",
+                     {"layer": [l for l, _, _ in layers_idx], "index": [i for _, _, i in layers_idx]})
+    return out
+
+
+def _record_baseline(out: Outcome, analysis: dict, result, ids: list[str], target: str, targets: list[str],
+                     settings: Settings, what: str, columns: dict) -> None:
+    """The all-unit baseline's numbers, tables, primary criterion and warnings, for units or head slots."""
     correction = analysis.get("correction", "maxT_stepdown")
     per_unit_p = {"maxT_stepdown": result.p_maxt_step_down, "maxT_single_step": result.p_maxt_single_step,
                   "holm": result.p_holm, "fdr_bh": result.q_bh, "none": result.p_uncorrected}[correction]
-    index = ids.index(target)
-    p_target = float(per_unit_p[index])
+    p_target = float(per_unit_p[ids.index(target)])
     out.quantities.update({"p": p_target, "target_rank": float(result.target_rank), "target_percentile": float(result.target_percentile)})
     out.numbers.update({"target": target, "correction": correction, "target_p_corrected": p_target,
                         "target_statistic": float(result.target_statistic), "target_rank": int(result.target_rank),
@@ -173,21 +181,24 @@ def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], se
                         "best_statistic": float(result.best_statistic), "critical_statistic": float(result.critical_value),
                         "observed_statistic": float(result.target_statistic), "n_relabelings": int(result.n_resamples),
                         "exact": bool(result.exact), "dropped_units": len(result.dropped_units)})
-    for flag in getattr(result, "flags", ()) or ():
+    for t in targets:
+        j = ids.index(t)
+        out.numbers[f"{t}_rank"] = int(result.rank[j])
+        out.numbers[f"{t}_p_corrected"] = float(per_unit_p[j])
+    for flag in result.flags:
         out.warnings.append(str(getattr(flag, "message", flag)))
-    layers_idx = [stats.parse_unit_id(u) for u in ids]
-    out.tables["baseline"] = pd.DataFrame({"analysis_id": analysis["id"], "unit": ids, "layer": [l for l, _, _ in layers_idx],
-                                           "index": [i for _, _, i in layers_idx], "statistic": result.statistic,
+    out.tables["baseline"] = pd.DataFrame({"analysis_id": analysis["id"], "unit": ids, **columns, "statistic": result.statistic,
                                            "p_uncorrected": result.p_uncorrected, "p_fwer": per_unit_p, "rank": result.rank,
                                            "is_target": [u in targets for u in ids]})
     out.tables["null_distribution"] = pd.DataFrame({"analysis_id": analysis["id"], "value": np.asarray(result.null_max, dtype=float)})
     out.primary_passed = p_target <= settings.alpha and _direction_ok(float(result.target_statistic), analysis.get("tails", "two-sided"))
-    out.primary_text = (f"{target} ranks {int(result.target_rank)} of {int(result.family_size)} units "
-                        f"(best: {result.best_unit}); {correction} corrected p = {p_target:.4g} against alpha {settings.alpha}")
+    ranks = ", ".join(f"{t} {int(result.rank[ids.index(t)])}" for t in targets)
+    out.primary_text = (f"{target} ranks {int(result.target_rank)} of {int(result.family_size)} {what} "
+                        f"(statistic {float(result.target_statistic):.4g}; best: {result.best_unit}); {correction} corrected "
+                        f"p = {p_target:.4g} against alpha {settings.alpha}" + (f"; ranks of the targets: {ranks}" if len(targets) > 1 else ""))
     if result.best_unit != target:
         out.warnings.append(f"the best-separating unit is {result.best_unit}, not the target {target}")
     out.facts["best_is_target"] = result.best_unit == target
-    return out
 
 
 def reproduction(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
@@ -529,38 +540,11 @@ def head_baseline(frozen, analysis: dict, runs, settings: Settings) -> Outcome:
                                      alternative=tails, n_resamples=settings.n_resamples, exact_cap=settings.exact_cap,
                                      alpha=settings.alpha, rng=np.random.default_rng(settings.seed), dtype=np.float64,
                                      nan_policy="drop_units")
-    correction = analysis.get("correction", "maxT_stepdown")
-    per_unit_p = {"maxT_stepdown": result.p_maxt_step_down, "maxT_single_step": result.p_maxt_single_step,
-                  "holm": result.p_holm, "fdr_bh": result.q_bh, "none": result.p_uncorrected}[correction]
-    index = ids.index(target)
-    p_target = float(per_unit_p[index])
-    out.quantities.update({"p": p_target, "target_rank": float(result.target_rank), "target_percentile": float(result.target_percentile)})
-    out.numbers.update({"target": target, "correction": correction, "target_p_corrected": p_target,
-                        "target_statistic": float(result.target_statistic), "target_rank": int(result.target_rank),
-                        "family_size": int(result.family_size), "best_unit": result.best_unit,
-                        "best_statistic": float(result.best_statistic), "critical_statistic": float(result.critical_value),
-                        "observed_statistic": float(result.target_statistic), "n_relabelings": int(result.n_resamples),
-                        "exact": bool(result.exact), "dropped_units": len(result.dropped_units), "n_pairs": int(wide.shape[0])})
+    out.numbers["n_pairs"] = int(wide.shape[0])
     for t in targets:
-        j = ids.index(t)
-        out.numbers[f"{t}_rank"] = int(result.rank[j])
-        out.numbers[f"{t}_p_corrected"] = float(per_unit_p[j])
-        out.numbers[f"{t}_mean_drop"] = float(result.statistic[j])
-    for flag in result.flags:
-        out.warnings.append(str(getattr(flag, "message", flag)))
-    out.tables["baseline"] = pd.DataFrame({
-        "analysis_id": analysis["id"], "unit": ids, "layer": slots["layer"].to_numpy(), "index": slots["head"].to_numpy(),
-        "layer_type": slots["layer_type"].to_numpy(), "statistic": result.statistic, "p_uncorrected": result.p_uncorrected,
-        "p_fwer": per_unit_p, "rank": result.rank, "is_target": [u in targets for u in ids]})
-    out.tables["null_distribution"] = pd.DataFrame({"analysis_id": analysis["id"], "value": np.asarray(result.null_max, dtype=float)})
-    out.primary_passed = p_target <= settings.alpha and _direction_ok(float(result.target_statistic), tails)
-    ranks = ", ".join(f"{t} {int(result.rank[ids.index(t)])}" for t in targets)
-    out.primary_text = (f"{target} ranks {int(result.target_rank)} of {int(result.family_size)} slots by mean drop "
-                        f"{float(result.target_statistic):.4g} (best: {result.best_unit}); {correction} corrected p = "
-                        f"{p_target:.4g} against alpha {settings.alpha}; ranks of the targets: {ranks}")
-    if result.best_unit != target:
-        out.warnings.append(f"the best-separating unit is {result.best_unit}, not the target {target}")
-    out.facts["best_is_target"] = result.best_unit == target
+        out.numbers[f"{t}_mean_drop"] = float(result.statistic[ids.index(t)])
+    _record_baseline(out, {**analysis, "tails": tails}, result, ids, target, targets, settings, "slots by mean drop",
+                     {"layer": slots["layer"].to_numpy(), "index": slots["head"].to_numpy(), "layer_type": slots["layer_type"].to_numpy()})
     return out
 
 
