@@ -73,3 +73,15 @@ def as_ids(ids, n: int, name: str, default_prefix: str) -> np.ndarray:
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"`{name}` must have one id per item ({n}), got shape {arr.shape}.")
     return arr
+
+
+def check_resampling(alternative, n_resamples, exact_cap, batch, alternatives) -> None:
+    """The checks every resampling entry point shares (``ValueError`` naming the parameter)."""
+    if alternative not in alternatives:
+        raise ValueError(f"`alternative` must be one of {alternatives}, got {alternative!r}.")
+    if not (isinstance(n_resamples, (int, np.integer)) and n_resamples >= 1):
+        raise ValueError("`n_resamples` must be a positive integer.")
+    if not (isinstance(exact_cap, (int, np.integer)) and exact_cap >= 0):
+        raise ValueError("`exact_cap` must be a non-negative integer.")
+    if batch is not None and not (isinstance(batch, (int, np.integer)) and batch >= 1):
+        raise ValueError("`batch` must be None or a positive integer.")

@@ -15,7 +15,7 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from stats import _engine
-from stats._common import Flag, as_generator
+from stats._common import Flag, as_generator, check_resampling
 
 __all__ = ["BaselineResult", "all_unit_baseline"]
 
@@ -160,16 +160,9 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
     allowed = _engine.PAIRED_STATISTICS if paired else _engine.TWO_SAMPLE_STATISTICS
     if statistic not in allowed:
         raise ValueError(f"`statistic` must be one of {allowed} for this design, got {statistic!r}.")
-    if alternative not in _engine.ALTERNATIVES:
-        raise ValueError(f"`alternative` must be one of {_engine.ALTERNATIVES}, got {alternative!r}.")
-    if not (isinstance(n_resamples, (int, np.integer)) and n_resamples >= 1):
-        raise ValueError("`n_resamples` must be a positive integer.")
-    if not (isinstance(exact_cap, (int, np.integer)) and exact_cap >= 0):
-        raise ValueError("`exact_cap` must be a non-negative integer.")
+    check_resampling(alternative, n_resamples, exact_cap, batch, _engine.ALTERNATIVES)
     if not (0.0 < float(alpha) < 1.0):
         raise ValueError("`alpha` must be strictly between 0 and 1.")
-    if batch is not None and not (isinstance(batch, (int, np.integer)) and batch >= 1):
-        raise ValueError("`batch` must be None or a positive integer.")
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError("`dtype` must be numpy.float32 or numpy.float64.")
     if nan_policy not in ("raise", "drop_units"):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from stats import _engine
-from stats._common import as_generator
+from stats._common import as_generator, check_resampling
 
 __all__ = ["PermutationResult", "permutation_test", "paired_permutation_test"]
 
@@ -82,14 +82,7 @@ def _common_iv(x, statistic, alternative, n_resamples, exact_cap, batch, dtype, 
         raise ValueError("`x` contains NaN or infinite values; drop those items or units first.")
     if statistic not in allowed:
         raise ValueError(f"`statistic` must be one of {allowed}, got {statistic!r}.")
-    if alternative not in _engine.ALTERNATIVES:
-        raise ValueError(f"`alternative` must be one of {_engine.ALTERNATIVES}, got {alternative!r}.")
-    if not (isinstance(n_resamples, (int, np.integer)) and n_resamples >= 1):
-        raise ValueError("`n_resamples` must be a positive integer.")
-    if not (isinstance(exact_cap, (int, np.integer)) and exact_cap >= 0):
-        raise ValueError("`exact_cap` must be a non-negative integer.")
-    if batch is not None and not (isinstance(batch, (int, np.integer)) and batch >= 1):
-        raise ValueError("`batch` must be None or a positive integer.")
+    check_resampling(alternative, n_resamples, exact_cap, batch, _engine.ALTERNATIVES)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError("`dtype` must be numpy.float32 or numpy.float64.")
     if unit_ids is None:
