@@ -67,13 +67,19 @@ def check_labels_before_scores(frozen, run_id: str, run_dir: Path) -> None:
         raise StageRefused(f"{texts} differs from the texts the labels were made from")
 
 
-def load_run(frozen, run_id: str) -> RunData:
-    if frozen.design == "ablation":
-        return load_ablation_run(frozen, run_id)
+def captured_run_dir(frozen, run_id: str) -> Path:
+    """The run's folder; StageRefused when its capture did not complete (no manifest)."""
     run_dir = runs_root(frozen) / run_id
     if not (run_dir / "manifest.json").exists():
         raise StageRefused(f"run {run_id!r} of {frozen.study_id} is not captured ({run_dir}/manifest.json is missing)",
                            hint=f"run `make capture STUDY={frozen.study_id}`")
+    return run_dir
+
+
+def load_run(frozen, run_id: str) -> RunData:
+    if frozen.design == "ablation":
+        return load_ablation_run(frozen, run_id)
+    run_dir = captured_run_dir(frozen, run_id)
     check_labels_before_scores(frozen, run_id, run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     texts = pq.read_table(run_dir / "texts.parquet", columns=["prompt_id", "class", "split", "n_prefill", "n_generated",
@@ -132,10 +138,7 @@ def check_capture_digests(frozen, run_id: str, run_dir: Path) -> None:
 
 
 def load_ablation_run(frozen, run_id: str) -> AblationRunData:
-    run_dir = runs_root(frozen) / run_id
-    if not (run_dir / "manifest.json").exists():
-        raise StageRefused(f"run {run_id!r} of {frozen.study_id} is not captured ({run_dir}/manifest.json is missing)",
-                           hint=f"run `make capture STUDY={frozen.study_id}`")
+    run_dir = captured_run_dir(frozen, run_id)
     check_capture_digests(frozen, run_id, run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     pairs = pq.read_table(run_dir / "pairs.parquet").to_pandas()

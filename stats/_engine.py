@@ -527,3 +527,12 @@ def score_to_stat(prep: Prepared, score: np.ndarray, alternative: str) -> np.nda
     if alternative == "less":
         return -prep.to_stat(-score)
     return prep.to_stat(score)
+
+
+def relabelings(design: str, n: int, n1: int, *, exact: bool, alternative: str, n_resamples: int, rng,
+                batch: int, dtype) -> tuple[Iterator[np.ndarray], bool]:
+    """The relabeling chunks of a test and whether they are the halved exact set (symmetric designs)."""
+    if exact:
+        half = can_halve(design, n, n1, alternative)
+        return exact_relabelings(design, n, n1, half, batch, dtype), half
+    return random_relabelings(design, n, n1, n_resamples, rng, batch, dtype), False

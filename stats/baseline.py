@@ -279,13 +279,8 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     total = _engine.count_relabelings(design, n, n1)
     exact = total <= exact_cap
     batch = batch or _engine.default_batch(m)
-    if exact:
-        half = _engine.can_halve(design, n, n1, alternative)
-        chunks = _engine.exact_relabelings(design, n, n1, half, batch, prep.z.dtype)
-    else:
-        half = False
-        chunks = _engine.random_relabelings(design, n, n1, n_resamples, as_generator(rng), batch,
-                                            prep.z.dtype)
+    chunks, half = _engine.relabelings(design, n, n1, exact=exact, alternative=alternative, n_resamples=n_resamples,
+                                       rng=None if exact else as_generator(rng), batch=batch, dtype=prep.z.dtype)
     tpos = None
     if target is not None and in_family[list(ids).index(target)]:
         tpos = int(np.searchsorted(fam_idx, list(ids).index(target)))

@@ -121,13 +121,8 @@ def _run(arr, mask, statistic, alternative, n_resamples, exact_cap, batch, rng, 
     null = None
     if nk:
         batch = batch or _engine.default_batch(nk)
-        if exact:
-            half = _engine.can_halve(design, n, n1, alternative)
-            chunks = _engine.exact_relabelings(design, n, n1, half, batch, prep.z.dtype)
-        else:
-            half = False
-            chunks = _engine.random_relabelings(design, n, n1, n_resamples, as_generator(rng), batch,
-                                                prep.z.dtype)
+        chunks, half = _engine.relabelings(design, n, n1, exact=exact, alternative=alternative, n_resamples=n_resamples,
+                                           rng=None if exact else as_generator(rng), batch=batch, dtype=prep.z.dtype)
         obs_row = mask.astype(float) if mask is not None else np.ones(n)
         keep_cols = np.arange(nk) if f <= _KEEP_NULL_UNITS else None
         res = _engine.scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
