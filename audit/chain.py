@@ -12,7 +12,9 @@ from pathlib import Path
 from lockstep.errors import ChainBroken, LockMismatch
 from lockstep.fsio import sha256_file
 from lockstep.provenance import is_ancestor
-from lockstep.verify import Context
+from lockstep.bundle import unpacked
+from lockstep.verify import STEPS as FREEZE_STEPS
+from lockstep.verify import Context, StepResult, make_context, run_steps
 
 
 def _base(ctx: Context) -> Path:
@@ -113,3 +115,15 @@ def verify_ledger(ctx: Context) -> str:
 
 
 CHAIN_STEPS = [verify_stage_order, verify_capture_commit, verify_artifacts, verify_ledger]
+
+
+def reviewer_steps(*, staged: bool = False) -> list:
+    """The reviewer's one numbered sequence: the freeze steps of :mod:`lockstep.verify`, then the chain
+    steps above (``staged``: the freeze steps alone, on the git index, for a pre-commit hook)."""
+    return list(FREEZE_STEPS) + ([] if staged else CHAIN_STEPS)
+
+
+def verify_target(target: Path, *, staged: bool = False) -> list[StepResult]:
+    """Run every reviewer step on a study folder or a bundle and return each step's result."""
+    with unpacked(target) as study_dir:
+        return run_steps(make_context(study_dir, staged=staged), reviewer_steps(staged=staged))

@@ -84,6 +84,6 @@ def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
         raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `make audit STUDY={frozen.study_id}` first")
     rel = ledger.resolve().relative_to(Path(frozen.repo_root)).as_posix()
     append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)}, outputs={}, access_level="scores_seen",
-                 details={"decision": "approve", "reviewer": reviewer, "note": note,
+                 lock_digest=frozen.lock_digest, details={"decision": "approve", "reviewer": reviewer, "note": note,
                           "ledger_digest": content_digest(json.loads(ledger.read_text()))})
     click.echo(f"{frozen.study_id}: ledger approved by {reviewer}; run `make audit STUDY={frozen.study_id}` to print it as approved")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from capture import runtime
+from lockstep import models as runtime
 from lockstep.errors import WeightsNotFound
 
 
@@ -28,7 +28,7 @@ def judge_folder(judge: dict, repo_root: Path) -> Path:
     if (path / "config.json").is_file():
         return path
     try:
-        return runtime._hub_snapshot(judge["model"], judge["revision"]).path
+        return runtime.hub_snapshot(judge["model"], judge["revision"]).path
     except WeightsNotFound as exc:
         raise WeightsNotFound(f"labels not made: judge weights not found for {judge['model']}@{judge['revision']}",
                               hint="put the judge model folder at that path (config.json, weights, tokenizer), "

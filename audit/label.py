@@ -127,7 +127,7 @@ def _freeze_labels(frozen, run_id: str, run_dir: Path, frame: pd.DataFrame, how:
     rel = lambda p: p.resolve().relative_to(frozen.repo_root).as_posix() if frozen.repo_root else str(p)
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
     entry = append_entry(frozen.root, "label", inputs={rel(run_dir / "texts.parquet"): sha256_file(run_dir / "texts.parquet")},
-                         outputs={rel(path): sha256_file(path)}, access_level="labels_frozen",
+                         outputs={rel(path): sha256_file(path)}, access_level="labels_frozen", lock_digest=frozen.lock_digest,
                          details={"run": run_id, "rubric_kind": frozen.rubric["kind"], "how": how, "counts": counts})
     return LabelResult(path, counts, entry)
 

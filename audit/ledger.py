@@ -210,6 +210,7 @@ def run_audit(frozen) -> Path:
             if (run_dir / name).exists():
                 inputs[(run_dir / name).relative_to(root).as_posix()] = sha256_file(run_dir / name)
     append_entry(frozen.root, "audit", inputs=inputs, outputs=outputs, access_level="scores_seen", started_utc=started,
+                 lock_digest=frozen.lock_digest,
                  details={"claims": {c["hypothesis"]: c["status"] for c in ledger["claims"]},
                           "runs": {r["run_id"]: r["status"] for r in ledger["runs"]}})
     return out

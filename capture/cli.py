@@ -82,5 +82,5 @@ def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_p
 
         details["design"] = "ablation"  # no labels follow: the audit reads these runs on their capture digests
         details["exclusions"] = {p.name: json.loads((p / "manifest.json").read_text())["exclusions"] for p in paths}
-    append_entry(frozen.root, STAGE, inputs=inputs, outputs=outputs, access_level=ACCESS_LEVEL,
+    append_entry(frozen.root, STAGE, inputs=inputs, outputs=outputs, access_level=ACCESS_LEVEL, lock_digest=frozen.lock_digest,
                  details=details, started_utc=started)

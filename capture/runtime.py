@@ -11,29 +11,17 @@ deviations, in which case each one is recorded in the run manifest.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lockstep.errors import CaptureError, WeightsNotFound
-from lockstep.fsio import sha256_bytes, sha256_file
+from lockstep.fsio import sha256_bytes
+from lockstep.models import DTYPES, ModelSource, config_sha256, hub_snapshot, load_model, load_tokenizer
+
+__all__ = ["DTYPES", "ModelSource", "config_sha256", "deviations", "hub_snapshot", "load_model", "load_tokenizer",
+           "render", "resolve_model", "stop_ids", "study_words", "template_facts", "token_id", "trim_ids"]
 
 from . import builtin
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights are and what revision that folder is."""
-
-    path: Path
-    kind: str  # builtin | local | hub
-    revision: str | None
-
 
 def study_words(frozen) -> set[str]:
     """Words of the prompts and the rubric lexicon: what a builtin tokenizer must cover."""
@@ -64,73 +52,7 @@ def resolve_model(frozen, runs_root: Path, model_path: Path | None = None) -> Mo
             )
         revision = path.name if path.parent.name == "snapshots" else None
         return ModelSource(path, "local", revision)
-    return _hub_snapshot(model["id"], model.get("revision"))
-
-
-def _hub_snapshot(repo_id: str, revision: str | None) -> ModelSource:
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception as exc:  # huggingface_hub raises several types for "not in the cache"
-        raise WeightsNotFound(
-            f"capture not run: weights not found at the local Hugging Face cache for {repo_id}@{revision} "
-            f"({type(exc).__name__})",
-            hint=f"on a machine with the weights run `huggingface-cli download {repo_id} --revision {revision}`, "
-            "or pass --model-path to a local copy",
-        ) from None
-    return ModelSource(folder, "hub", folder.name)
-
-
-def load_model(source: ModelSource, *, dtype: str, trust_remote_code: bool, device_map: str | None):
-    """``AutoModelForCausalLM.from_pretrained`` on the folder, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    if dtype not in DTYPES:
-        raise CaptureError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}", hint="fix study.yaml /model/dtype")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-            device_map=device_map, local_files_only=True,
-        )
-    except (OSError, ValueError) as exc:
-        raise WeightsNotFound(
-            f"capture not run: weights not found at {source.path} ({exc})".splitlines()[0],
-            hint="check that the folder holds the model's config.json and weight files",
-        ) from None
-    return model.eval()
-
-
-def load_tokenizer(folder: Path, probe_texts: list[str]):
-    """Load the tokenizer users get for ``folder``, checked against the folder's ``tokenizer.json``.
-
-    ``AutoTokenizer`` picks a class from the model type; for a locally built word-level tokenizer in
-    a ``qwen3_5_moe`` folder it rebuilds the pipeline wrongly (transformers 5.23). A tokenizer saved
-    as a plain tokenizers backend is therefore loaded with ``PreTrainedTokenizerFast``; any loaded
-    tokenizer must encode the probe texts as the raw ``tokenizer.json`` does, or capture refuses.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    folder = Path(folder)
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    plain = config.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast")
-    loader = PreTrainedTokenizerFast if plain else AutoTokenizer
-    tok = loader.from_pretrained(folder, local_files_only=True)
-    raw_path = folder / "tokenizer.json"
-    if raw_path.is_file():
-        from tokenizers import Tokenizer
-
-        raw = Tokenizer.from_file(str(raw_path))
-        for text in probe_texts:
-            if raw.encode(text, add_special_tokens=False).ids != tok(text, add_special_tokens=False).input_ids:
-                raise CaptureError(
-                    f"{loader.__name__} loads the tokenizer at {folder} differently from its tokenizer.json "
-                    f"(probe text {text[:40]!r})",
-                    hint="save the tokenizer with tokenizer_class PreTrainedTokenizerFast in tokenizer_config.json",
-                )
-    tok.padding_side = "left"
-    return tok, loader.__name__
+    return hub_snapshot(model["id"], model.get("revision"))
 
 
 def token_id(tok, token: str) -> int | None:
@@ -199,10 +121,6 @@ def template_facts(tok, runtime: dict[str, Any]) -> dict[str, Any]:
         "chatml": "<|im_start|>" in off,
         "thinking_flag_honoured": on != off,
     }
-
-
-def config_sha256(folder: Path) -> str:
-    return sha256_file(Path(folder) / "config.json")
 
 
 def deviations(

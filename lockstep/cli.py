@@ -60,7 +60,7 @@ def validate(study_dir: Path) -> None:
 @click.option("--allow-dirty", is_flag=True, help="Freeze files with uncommitted changes; the lock records it.")
 def prereg(study_dir: Path, allow_dirty: bool) -> None:
     """Validate and freeze a study: write prereg.lock.json, SHA256SUMS and the journal's first entry."""
-    from .lock import freeze
+    from .freeze import freeze
 
     result = freeze(study_dir, allow_dirty=allow_dirty)
     if result.status == "already_frozen":
@@ -83,7 +83,7 @@ def prereg(study_dir: Path, allow_dirty: bool) -> None:
 def amend(study_dir: Path, replaces: tuple[str, ...], reason: str, seen: str | None, do_freeze: bool, allow_dirty: bool) -> None:
     """Start an amendment to a frozen plan, or freeze the open one (--freeze)."""
     from .errors import UsageError
-    from .lock import freeze_amendment, start_amendment
+    from .freeze import freeze_amendment, start_amendment
 
     if do_freeze:
         result = freeze_amendment(study_dir, allow_dirty=allow_dirty)
@@ -105,13 +105,11 @@ def verify(target: Path, as_json: bool, staged: bool) -> None:
 
     Exit 0 intact, 1 altered or tampered, 2 not frozen or usage.
     """
-    from audit.chain import CHAIN_STEPS
+    from audit.chain import verify_target
 
-    from .bundle import unpacked
-    from .verify import STEPS, exit_code_of, make_context, render, run_steps
+    from .verify import exit_code_of, render
 
-    with unpacked(target) as study_dir:
-        results = run_steps(make_context(study_dir, staged=staged), STEPS + ([] if staged else CHAIN_STEPS))
+    results = verify_target(target, staged=staged)
     click.echo(render(results, as_json))
     sys.exit(exit_code_of(results))
 

@@ -100,21 +100,21 @@ def _locked(study_dir: Path):
 
 
 def append_entry(study_dir: Path, stage: str, *, inputs: dict[str, str], outputs: dict[str, str],
-                 access_level: str, lock_digest: str | None = None, details: dict | None = None,
+                 access_level: str, lock_digest: str, details: dict | None = None,
                  started_utc: str | None = None) -> dict:
-    """Append one stage entry. ``lock_digest`` defaults to the lock in force (base or last amendment).
+    """Append one stage entry under ``lock_digest``, the lock in force (``FrozenStudy.lock_digest``; the
+    freeze and an amendment pass the digest of the lock they just wrote).
 
     The entry records the access level the stage needed; the journal's level is the furthest any entry
     reached, so levels only move forward. Only the freeze may be the first entry (StageRefused otherwise).
     """
+    if not isinstance(lock_digest, str) or len(lock_digest) != 64:
+        raise ValueError(f"`lock_digest` must be the 64-hex digest of the lock in force, got {lock_digest!r}")
     if access_level not in ACCESS_LEVELS:
         raise ValueError(f"`access_level` must be one of {ACCESS_LEVELS}, got {access_level!r}")
     study_dir = Path(study_dir)
     with _locked(study_dir):
         journal = read_journal(study_dir)
-        if lock_digest is None:
-            from .lock import current_lock_digest  # local import: lock imports journal
-            lock_digest = current_lock_digest(study_dir)
         if not journal.entries and stage != "prereg":
             raise StageRefused(f"the journal of {study_dir} has no freeze entry; stage {stage!r} cannot be first",
                                hint=f"run `lockstep prereg {study_dir}` first")

@@ -30,7 +30,7 @@ def demo_study(repo: Path) -> Path:
 
 @pytest.fixture
 def frozen_demo(demo_study: Path) -> Path:
-    from lockstep.lock import freeze
+    from lockstep.freeze import freeze
 
     freeze(demo_study)
     commit_all(demo_study.parent.parent, "freeze demo")

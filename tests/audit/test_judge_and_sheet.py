@@ -78,7 +78,7 @@ def test_the_judge_follows_the_model(judge_dir, tmp_path):
 
 from lockstep.errors import SchemaError  # noqa: E402
 from lockstep.gate import require_frozen  # noqa: E402
-from lockstep.lock import freeze  # noqa: E402
+from lockstep.freeze import freeze  # noqa: E402
 from studyrepo import commit_all, copy_study  # noqa: E402
 
 HUMAN = """schema_version: 1

@@ -11,7 +11,7 @@ from studyrepo import commit_all, copy_study, git
 
 def frozen_repo(root: Path, *, name: str = "demo", edit=None) -> Path:
     """A git repo at ``root`` holding the demo study (optionally edited), frozen and committed."""
-    from lockstep.lock import freeze
+    from lockstep.freeze import freeze
 
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main")

@@ -21,7 +21,7 @@ from capture.store import RunStore
 from lockstep.errors import CaptureError, UsageError
 from lockstep.fsio import sha256_file
 from lockstep.gate import require_frozen
-from lockstep.lock import freeze
+from lockstep.freeze import freeze
 from lockstep.study import schema
 from studyrepo import commit_all, copy_study, git, make_writable
 

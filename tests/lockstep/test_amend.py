@@ -9,7 +9,7 @@ import pytest
 from lockstep.errors import ChainBroken, LockMismatch, SchemaError, UsageError
 from lockstep.gate import require_frozen
 from lockstep.journal import append_entry, read_journal
-from lockstep.lock import freeze_amendment, start_amendment
+from lockstep.freeze import freeze_amendment, start_amendment
 from lockstep.verify import exit_code_of, make_context, run_steps
 from studyrepo import commit_all, make_writable
 
@@ -54,7 +54,8 @@ def test_second_amendment_chains_to_the_first(frozen_demo):
 
 
 def test_an_amendment_cannot_claim_less_was_seen_than_the_journal_shows(frozen_demo):
-    append_entry(frozen_demo, "audit", inputs={}, outputs={}, access_level="scores_seen")
+    append_entry(frozen_demo, "audit", inputs={}, outputs={}, access_level="scores_seen",
+                 lock_digest=require_frozen(frozen_demo).lock_digest)
     with pytest.raises(SchemaError, match="the journal shows 'scores_seen' was reached"):
         start_amendment(frozen_demo, replaces=["thresholds.yaml"], reason="x", seen="nothing_run")
     folder = start_amendment(frozen_demo, replaces=["thresholds.yaml"], reason="after scores", seen="scores_seen")

@@ -12,7 +12,7 @@ import pytest
 from lockstep.errors import DirtyStudy, GitError, LockMismatch, UsageError
 from lockstep.fsio import canonical_json
 from lockstep.journal import read_journal
-from lockstep.lock import freeze
+from lockstep.freeze import freeze
 from studyrepo import PLAN_FILES, commit_all, copy_study, git, make_writable
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lockstep.errors import ChainBroken, LockMismatch, NotLocked
 from lockstep.gate import require_frozen
 from lockstep.journal import append_entry
+from lockstep.lock import current_lock_digest
 from lockstep.verify import exit_code_of, make_context, run_steps
 from studyrepo import PLAN_FILES, make_writable
 
@@ -77,7 +78,8 @@ def test_no_lock_means_not_frozen(demo_study):
 
 
 def _append(study: Path, stage: str = "capture") -> None:
-    append_entry(study, stage, inputs={}, outputs={"x": "0" * 64}, access_level="nothing_run")
+    append_entry(study, stage, inputs={}, outputs={"x": "0" * 64}, access_level="nothing_run",
+                 lock_digest=current_lock_digest(study))
 
 
 def test_removing_the_last_journal_entry_is_caught(frozen_demo):
