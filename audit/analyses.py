@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import stats
+from lockstep.units import condition_key, parse_unit_id
 
 from .data import RunData
 
@@ -161,7 +162,7 @@ def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], se
                                      alternative=analysis.get("tails", "two-sided"), n_resamples=settings.n_resamples,
                                      exact_cap=settings.exact_cap, alpha=settings.alpha,
                                      rng=np.random.default_rng(settings.seed), dtype=np.float64, nan_policy="drop_units")
-    layers_idx = [stats.parse_unit_id(u) for u in ids]
+    layers_idx = [parse_unit_id(u) for u in ids]
     _record_baseline(out, analysis, result, ids, target, targets, settings, "units",
                      {"layer": [l for l, _, _ in layers_idx], "index": [i for _, _, i in layers_idx]})
     return out
@@ -295,16 +296,6 @@ def wsq_decomposition(frozen, analysis: dict, runs: Callable[[str], RunData], se
 # Margins and drops come from capture/ablation.py: drop = unablated clean margin - ablated clean margin,
 # per pair, on the pairs left after the preregistered exclusions. Conditions are keyed like capture
 # keys them: slot labels sorted by layer then head, joined by "+".
-
-
-def _slot_order(label: str) -> tuple[int, int]:
-    layer, _, head = stats.parse_unit_id(label)
-    return layer, head
-
-
-def condition_key(labels) -> str:
-    """The key capture stores a set of slots ablated together under (capture.ablation.condition_key)."""
-    return "+".join(sorted(set(labels), key=_slot_order))
 
 
 def _confidence(frozen) -> float:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from lockstep.errors import StageRefused
 from lockstep.fsio import sha256_file
+from lockstep.units import unit_id
 
 from .label import LABELS
 
@@ -35,7 +36,7 @@ class RunData:
         frame = self.units[self.units["zone"] == zone]
         wide = frame.pivot(index="prompt_id", columns=["layer", "expert"], values=metric)
         wide = wide.reindex(index=prompt_ids).sort_index(axis=1)
-        ids = [f"L{layer}E{expert}" for layer, expert in wide.columns]
+        ids = [unit_id(layer, expert, "E") for layer, expert in wide.columns]
         return wide.to_numpy(dtype=float), ids
 
 

@@ -55,7 +55,14 @@ import pyarrow.parquet as pq
 import torch
 
 from lockstep.errors import CaptureError, UsageError
-from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, utc_now
+from lockstep.fsio import (
+    atomic_write,
+    canonical_json,
+    pretty_json,
+    sha256_bytes,
+    utc_now,
+)
+from lockstep.units import condition_key, unit_order
 
 from . import builtin, builtin_heads, runtime
 from .slots import Slot, SlotAblation, SlotMeans, slot_summary, slot_table
@@ -89,16 +96,6 @@ MEANS_SCHEMA = pa.schema([
     ("slot", pa.string()), ("layer", pa.int64()), ("head", pa.int64()), ("layer_type", pa.string()),
     ("module", pa.string()), ("n_tokens", pa.int64()), ("mean", pa.list_(pa.float32())),
 ])
-
-
-def _slot_order(label: str) -> tuple[int, int]:
-    layer, head = label[1:].split("H")
-    return int(layer), int(head)
-
-
-def condition_key(labels) -> str:
-    """The id of a set of slots ablated together: labels sorted by layer then head, joined by ``+``."""
-    return "+".join(sorted(set(labels), key=_slot_order))
 
 
 # -- the forward ------------------------------------------------------------------------------------
@@ -320,7 +317,7 @@ def targeted_conditions(frozen) -> list[tuple[str, list[str]]]:
             key = condition_key(labels)
             if key not in seen:
                 seen.add(key)
-                out.append(("combined", sorted(set(labels), key=_slot_order)))
+                out.append(("combined", sorted(set(labels), key=unit_order)))
     for a in spec["analyses"]:
         if a.get("mode") == "individual" and a["kind"] != "all_unit_baseline":
             for t in a.get("targets", []):

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from lockstep.errors import CaptureError
+from lockstep.units import unit_id
 
 FULL = "full_attention"
 LINEAR = "linear_attention"
@@ -127,7 +128,7 @@ def slot_table(model, slot_layers: str | Sequence[int] = "all") -> list[Slot]:
         chosen = [b for b in blocks if b[1] in set(wanted)]
     if not chosen:
         raise CaptureError("the model has no attention block whose output projection could be ablated")
-    return [Slot(f"L{layer}H{h}", layer, h, kind, proj, h * per, (h + 1) * per)
+    return [Slot(unit_id(layer, h, "H"), layer, h, kind, proj, h * per, (h + 1) * per)
             for _, layer, kind, proj, heads, per in chosen for h in range(heads)]
 
 

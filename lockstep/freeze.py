@@ -17,15 +17,28 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .artifacts import LOCK_FORMAT_VERSION, JOURNAL_FORMAT_VERSION, SCHEMA_VERSION
+from .artifacts import JOURNAL_FORMAT_VERSION, LOCK_FORMAT_VERSION, SCHEMA_VERSION
 from .errors import DirtyStudy, LockMismatch, ProblemList, UsageError
 from .fsio import atomic_write, pretty_json, sha256_file, utc_now
 from .gate import require_frozen
 from .journal import ACCESS_LEVELS, append_entry, read_journal
-from .lock import (AMENDMENT_FILE, AMENDMENT_LOCK, AMENDMENTS, LOCK, SUMS, amendment_dirs, effective_files,
-                   file_differences, lock_digest_of, read_lock, study_dir_iv, sums_text)
+from .lock import (
+    AMENDMENT_FILE,
+    AMENDMENT_LOCK,
+    AMENDMENTS,
+    LOCK,
+    SUMS,
+    amendment_dirs,
+    effective_files,
+    file_differences,
+    lock_digest_of,
+    read_lock,
+    study_dir_iv,
+    sums_text,
+)
 from .provenance import dirty_files, head_commit, repo_root
-from .study import PLAN_FILES, _validator, frozen_file_names, load_study
+from .records import _validator
+from .study import PLAN_FILES, frozen_file_names, load_study
 
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 

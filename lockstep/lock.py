@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import LockMismatch, NotLocked, UsageError
 from .fsio import canonical_json, sha256_bytes
-from .study import PLAN_FILES, _validator
+from .records import _validator
+from .study import PLAN_FILES
 
 LOCK = "prereg.lock.json"
 SUMS = "SHA256SUMS"

@@ -14,7 +14,6 @@ from pathlib import Path
 from .errors import CaptureError, WeightsNotFound
 from .fsio import sha256_file
 
-
 DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes a study may ask for
 
 

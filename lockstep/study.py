@@ -7,34 +7,20 @@ single :class:`~lockstep.errors.SchemaError`.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
+from .designs import DESIGNS, Design, design_of
 from .errors import ProblemList
 from .loaders import Parsed, pointer_of, read_jsonl, read_yaml
+from .records import _validator, schema  # noqa: F401  (re-exported: the schemas every stage reads)
+from .units import KINDS, UNIT_ID
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 PLAN_FILES = ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_UNIT_ID = re.compile(r"^L(\d+)([EH])(\d+)$")
-
-
-@cache
-def schema(name: str) -> dict:
-    """The published JSON Schema ``schemas/<name>.schema.json``."""
-    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
-
-
-@cache
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name))
 
 
 @dataclass(frozen=True)
@@ -49,12 +35,18 @@ class Study:
     rubric: dict
     thresholds: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
+    analyses: tuple[dict, ...] = ()  # /analyses with every default filled in (lockstep.designs)
+
+    @property
+    def design_record(self) -> Design:
+        return design_of(self.design)
 
     def prompts_in(self, split: str | None = None, cls: str | None = None) -> list[dict]:
         return [p for p in self.prompts if (split is None or p["split"] == split) and (cls is None or p["class"] == cls)]
 
     def analysis(self, analysis_id: str) -> dict:
-        return next(a for a in self.spec["analyses"] if a["id"] == analysis_id)
+        """The analysis ``analysis_id`` as resolved (defaults filled in)."""
+        return next(a for a in self.analyses if a["id"] == analysis_id)
 
     def target(self, unit_id: str) -> dict:
         return next(t for t in self.spec["units"]["targets"] if t["id"] == unit_id)
@@ -79,10 +71,11 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
     _check_schema("study", "study.yaml", study, problems)
     _check_schema("rubric", "rubric.yaml", rubric, problems)
     _check_schema("thresholds", "thresholds.yaml", thresholds, problems)
-    design = study.data.get("design") if isinstance(study.data, dict) else None
+    name = study.data.get("design") if isinstance(study.data, dict) else None
+    design = DESIGNS.get(name) if isinstance(name, str) else None
     valid_records: list[int] = []
-    if prompts.data is not None:
-        prompt_schema = "prompt-ablation" if design == "ablation" else "prompt-routing"
+    if prompts.data is not None and design is not None:
+        prompt_schema = design.prompt_schema
         for index, record in enumerate(prompts.data):
             if record is not None:
                 before = len(problems.problems)
@@ -102,6 +95,7 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
         _cross_checks(root, study, prompts, rubric, thresholds, problems)
     problems.raise_if_any(hint="correct the files listed, then run `lockstep validate` again")
     spec = study.data
+    record = design_of(spec["design"])
     return Study(
         root=root,
         study_id=spec["study_id"],
@@ -111,6 +105,7 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
         rubric=rubric.data,
         thresholds={k: float(v["value"]) for k, v in thresholds.data["thresholds"].items()},
         files=files,
+        analyses=tuple(record.resolve_analysis(a, spec) for a in spec["analyses"]),
     )
 
 
@@ -199,23 +194,38 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
             if key in analysis and analysis[key] not in classes:
                 add("study.yaml", study, f"{at}/{key}", f"{analysis[key]!r} is not a prompt class in prompts.jsonl")
 
-    if spec["design"] == "ablation":
-        ablation = spec["ablation"]
-        for key in ("combined", "combined_only"):
-            for j, tid in enumerate(ablation.get(key, [])):
-                if tid not in targets:
-                    add("study.yaml", study, f"/ablation/{key}/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
-        if ablation["kind"] == "mean" and ablation.get("reference_split") not in splits:
-            add("study.yaml", study, "/ablation/reference_split", f"names split {ablation.get('reference_split')!r}, which no prompt has")
-    elif rubric.data["kind"] == "none":
-        add("rubric.yaml", rubric, "/kind", "is 'none' but a routing study labels generated text; use lexicon, judge or human")
+    design = design_of(spec["design"])
+    if spec["units"]["kind"] != design.unit_kind:
+        add("study.yaml", study, "/units/kind", f"is {spec['units']['kind']!r}, but a {design.name} study names {design.unit_kind} units")
+    for i, analysis in enumerate(spec["analyses"]):
+        if analysis["kind"] not in design.analysis_kinds:
+            add("study.yaml", study, f"/analyses/{i}/kind",
+                f"{analysis['kind']!r} does not apply to a {design.name} study; it offers {', '.join(design.analysis_kinds)}")
+    if design.plan_block in _BLOCK_CHECKS:
+        _BLOCK_CHECKS[design.plan_block](spec, targets, splits, study, add)
+    if design.needs_labels and rubric.data["kind"] == "none":
+        add("rubric.yaml", rubric, "/kind", f"is 'none' but a {design.name} study labels generated text; use lexicon, judge or human")
     _check_extra_files(root, spec, study, add)
 
 
-def _prompt_checks(prompts: Parsed, design: str | None, problems: ProblemList) -> None:
+def _check_ablation_block(spec: dict, targets: dict, splits: set[str], study: Parsed, add) -> None:
+    ablation = spec["ablation"]
+    for key in ("combined", "combined_only"):
+        for j, tid in enumerate(ablation.get(key, [])):
+            if tid not in targets:
+                add("study.yaml", study, f"/ablation/{key}/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
+    if ablation["kind"] == "mean" and ablation.get("reference_split") not in splits:
+        add("study.yaml", study, "/ablation/reference_split", f"names split {ablation.get('reference_split')!r}, which no prompt has")
+
+
+# Cross-file rules of a design's own block of study.yaml (lockstep.designs.Design.plan_block).
+_BLOCK_CHECKS = {"ablation": _check_ablation_block}
+
+
+def _prompt_checks(prompts: Parsed, design: Design | None, problems: ProblemList) -> None:
     """Rules within prompts.jsonl, on every record whose fields have the types the rule reads."""
     records = [(i, r) for i, r in enumerate(prompts.data) if isinstance(r, dict)]
-    if design != "ablation":
+    if design is None or design.anchored_prompts:
         _check_anchors(records, prompts, problems)
         _check_pairs(records, prompts, problems)
     _check_split_overlap(records, prompts, problems)
@@ -240,8 +250,8 @@ def _unique_ids(spec: dict, study: Parsed, add) -> None:
 
 
 def _check_target_id(kind: str, target: dict, at: str, study: Parsed, add) -> None:
-    match = _UNIT_ID.match(target["id"])
-    field_name, letter = ("expert", "E") if kind == "expert" else ("head", "H")
+    match = UNIT_ID.match(target["id"])
+    field_name, letter = kind, KINDS[kind]
     if field_name not in target:
         add("study.yaml", study, at, f"a {kind} target needs `{field_name}`")
         return

@@ -14,7 +14,16 @@ from typing import Callable
 from .errors import ChainBroken, GitError, LockMismatch, LockstepError, NotLocked
 from .fsio import sha256_bytes
 from .journal import read_journal
-from .lock import AMENDMENT_LOCK, LOCK, SUMS, amendment_dirs, file_differences, read_lock, study_dir_iv, sums_text
+from .lock import (
+    AMENDMENT_LOCK,
+    LOCK,
+    SUMS,
+    amendment_dirs,
+    file_differences,
+    read_lock,
+    study_dir_iv,
+    sums_text,
+)
 from .provenance import blob_at, commit_exists, repo_root, staged_blob
 
 

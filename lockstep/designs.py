@@ -1,0 +1,116 @@
+"""The designs: one record each, and every stage asks the record instead of branching on a design's name.
+
+A design is a kind of study. Its record says what the core needs to know before any model runs: the
+prompt schema its ``prompts.jsonl`` follows, whether its generated text gets labels, the unit kind its
+ids name, the tables a captured run holds (the audit reads them only on the digests the journal
+recorded), the analysis kinds that apply and their defaults (filled in once, when the plan loads, and
+recorded as resolved in the ledger), the evidence type of its data, and which points of the evidence
+standard apply.
+
+The per-design work lives in the stage packages, found by the design's name:
+
+- ``capture/designs/<name>.py``: how a run is captured (:mod:`capture.designs`);
+- ``audit/designs/<name>.py``: how a captured run is loaded, its analyses, and its evidence facts
+  (:mod:`audit.designs`).
+
+Adding a design touches: one record here, one branch of ``schemas/study.schema.json`` (its ``design``
+enum value and the block it requires), ``schemas/prompt-<name>.schema.json`` if its prompts differ,
+``capture/designs/<name>.py``, ``audit/designs/<name>.py``, and their tests. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from . import artifacts
+
+# The analysis settings every kind reads, and their defaults where the design does not set one.
+ANALYSIS_DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    "two_group": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation"},
+    "all_unit_baseline": {"statistic": "welch_t", "tails": "two-sided", "correction": "maxT_stepdown",
+                          "family": "all_units", "test": "permutation"},
+    "reproduction": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation"},
+    "register_vs_class": {},
+    "wsq_decomposition": {},
+    "ablation_drop": {"pairs": "headline", "mode": "combined", "tails": "greater", "correction": "none",
+                      "test": "paired_sign_flip"},
+    "specificity": {"pairs": "headline", "control": "control", "mode": "combined", "tails": "greater",
+                    "statistic": "mean_diff", "test": "permutation"},
+})
+
+
+@dataclass(frozen=True)
+class Design:
+    """What the core knows of one design (see the module docstring)."""
+
+    name: str
+    description: str
+    prompt_schema: str                 # schemas/<prompt_schema>.schema.json, one record per line
+    needs_labels: bool                 # generated text is labelled with the frozen rubric before scores
+    unit_kind: str                     # /units/kind: expert | head
+    run_tables: tuple[str, ...]        # tables of a complete run folder the audit reads (digests checked)
+    optional_tables: tuple[str, ...]   # tables present only when an analysis asks for them
+    analysis_kinds: tuple[str, ...]    # kinds of /analyses that apply
+    evidence_type: str                 # natural (observed activity) | intervention (ablation, steering)
+    evidence_points: tuple[int, ...]   # points of the evidence standard that apply (others: not applicable)
+    plan_block: str                    # the block of study.yaml the design requires (its schema branch)
+    anchored_prompts: bool             # prompts carry lexical anchors that must occur in their text, and pairs
+    analysis_overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    shardable: bool = False            # capture can split a run across processes (--shard i/n)
+
+    def analysis_defaults(self, kind: str) -> dict[str, object]:
+        """The defaults of an analysis kind in this design (overrides win over the shared ones)."""
+        return {**ANALYSIS_DEFAULTS.get(kind, {}), **self.analysis_overrides.get(kind, {})}
+
+    def resolve_analysis(self, analysis: dict, spec: dict) -> dict:
+        """``analysis`` with every default filled in: the spec each stage reads and the ledger records."""
+        resolved = {**self.analysis_defaults(analysis["kind"]), **analysis}
+        if analysis["kind"] == "ablation_drop" and "relative_drop" not in analysis:
+            resolved["relative_drop"] = spec.get("ablation", {}).get("relative_drop", "ratio_of_means")
+        return resolved
+
+
+ROUTING = Design(
+    name="routing",
+    description="W/S/Q of routed experts between prompt classes and generated registers",
+    prompt_schema="prompt-routing",
+    needs_labels=True,
+    unit_kind="expert",
+    run_tables=(artifacts.MANIFEST, artifacts.TEXTS, artifacts.UNITS, artifacts.LABELS),
+    optional_tables=(),
+    analysis_kinds=("two_group", "all_unit_baseline", "reproduction", "register_vs_class", "wsq_decomposition"),
+    evidence_type="natural",
+    evidence_points=(1, 2, 3, 4, 5, 6, 7, 8),
+    plan_block="capture",
+    anchored_prompts=True,
+    shardable=True,
+)
+
+ABLATION = Design(
+    name="ablation",
+    description="head-slot ablation on contrastive pairs: logit-difference margins and their drop",
+    prompt_schema="prompt-ablation",
+    needs_labels=False,
+    unit_kind="head",
+    run_tables=(artifacts.MANIFEST, artifacts.PAIRS, artifacts.ABLATIONS),
+    optional_tables=(artifacts.BASELINE,),
+    analysis_kinds=("ablation_drop", "specificity", "all_unit_baseline"),
+    evidence_type="intervention",
+    evidence_points=(8,),
+    plan_block="ablation",
+    anchored_prompts=False,
+    analysis_overrides={"all_unit_baseline": {"statistic": "mean_drop", "tails": "greater", "pairs": "headline",
+                                              "test": "paired_sign_flip"}},
+)
+
+DESIGNS: Mapping[str, Design] = MappingProxyType({d.name: d for d in (ROUTING, ABLATION)})
+
+
+def design_of(name: str) -> Design:
+    """The record of design ``name``; KeyError naming the registered designs otherwise."""
+    try:
+        return DESIGNS[name]
+    except KeyError:
+        raise KeyError(f"no design {name!r}; registered: {', '.join(sorted(DESIGNS))}") from None
