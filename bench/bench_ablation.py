@@ -22,7 +22,7 @@ import time
 import torch
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
-from capture.ablation import MarginForward, ablated_margins
+from capture.designs.ablation import MarginForward, ablated_margins
 from capture.slots import SlotAblation, slot_summary, slot_table
 
 

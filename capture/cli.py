@@ -1,4 +1,4 @@
-"""``lockstep capture STUDY_DIR``: the gate, then :func:`capture.run.run_capture`, then one journal entry."""
+"""``lockstep capture STUDY_DIR``: the gate, then :func:`capture.run.run_capture` (any design), then one journal entry."""
 
 from __future__ import annotations
 
@@ -6,22 +6,24 @@ from pathlib import Path
 
 import click
 
+from lockstep import artifacts
 from lockstep.fsio import sha256_file, utc_now
+from lockstep.lock import AMENDMENT_LOCK, LOCK, amendment_dirs
 
 STAGE = "capture"
 ACCESS_LEVEL = "nothing_run"
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
-
-
 def _digests(folder: Path, root: Path) -> dict[str, str]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and "_work" not in p.parts)
-    return {_rel(p, root): sha256_file(p) for p in files}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and artifacts.WORK not in p.parts)
+    return {artifacts.repo_relative(p, root): sha256_file(p) for p in files}
+
+
+def _plan_in_force(frozen) -> list[Path]:
+    """The files of the plan in force (after amendments), the base lock and every amendment lock."""
+    locks = [Path(frozen.root) / LOCK] + [d / AMENDMENT_LOCK for d in amendment_dirs(frozen.root)
+                                          if (d / AMENDMENT_LOCK).is_file()]
+    return sorted(set(Path(f) for f in frozen.files.values()) | set(locks))
 
 
 @click.command("capture")
@@ -49,38 +51,29 @@ def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_p
     from lockstep.gate import require_frozen
     from lockstep.journal import append_entry
 
+    from .designs import capture_design
     from .run import parse_shard, run_capture
 
     frozen = require_frozen(study_dir)
     started = utc_now()
-    root = Path(runs_root) if runs_root is not None else Path(frozen.repo_root) / "runs"
+    root = artifacts.runs_root_of(frozen, runs_root)
     wanted = list(run_ids) or [r["id"] for r in frozen.spec["runtime"]["runs"]]
-    already = all((root / frozen.study_id / r / "manifest.json").is_file() for r in wanted)
-    kwargs = dict(run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=runs_root,
-                  shard=parse_shard(shard), progress=not no_progress, model_path=model_path,
-                  overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map)
-    if frozen.design == "ablation":  # capture/ablation.py; its exclusions go into the journal entry
-        from .ablation import run_ablation_capture
-
-        paths = run_ablation_capture(frozen, slots_per_forward=slots_per_forward, **kwargs)
-    else:
-        paths = run_capture(frozen, **kwargs)
-    incomplete = [p for p in paths if not (p / "manifest.json").is_file()]
+    already = all((artifacts.run_dir(root, frozen.study_id, r) / artifacts.MANIFEST).is_file() for r in wanted)
+    paths = run_capture(frozen, run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=root,
+                        shard=parse_shard(shard), progress=not no_progress, model_path=model_path,
+                        overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map,
+                        options={"slots_per_forward": slots_per_forward})
+    incomplete = [p for p in paths if not (p / artifacts.MANIFEST).is_file()]
     for p in paths:
         click.echo(f"{p}: {'complete' if p not in incomplete else 'shard done; run without --shard to merge'}")
     if incomplete or already:
         return
-    root = Path(frozen.repo_root)
+    repo = Path(frozen.repo_root)
     outputs: dict[str, str] = {}
     for p in paths:
-        outputs.update(_digests(p, root))
-    inputs = {_rel(f, root): sha256_file(f) for f in sorted(Path(frozen.root).glob("*")) if f.is_file()
-              and f.name in ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml", "prereg.lock.json")}
-    details = {"runs": [p.name for p in paths]}
-    if frozen.design == "ablation":
-        import json
-
-        details["design"] = "ablation"  # no labels follow: the audit reads these runs on their capture digests
-        details["exclusions"] = {p.name: json.loads((p / "manifest.json").read_text())["exclusions"] for p in paths}
+        outputs.update(_digests(p, repo))
+    inputs = {artifacts.repo_relative(f, repo): sha256_file(f) for f in _plan_in_force(frozen)}
+    details = {"runs": [p.name for p in paths], "design": frozen.design,
+               "runs_root": artifacts.repo_relative(root, repo), **capture_design(frozen.design).journal_details(paths)}
     append_entry(frozen.root, STAGE, inputs=inputs, outputs=outputs, access_level=ACCESS_LEVEL, lock_digest=frozen.lock_digest,
                  details=details, started_utc=started)

@@ -11,21 +11,40 @@ deviations, in which case each one is recorded in the run manifest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockstep.errors import CaptureError, WeightsNotFound
+from lockstep import artifacts
+from lockstep.errors import CaptureError, UsageError, WeightsNotFound
 from lockstep.fsio import sha256_bytes
-from lockstep.models import DTYPES, ModelSource, config_sha256, hub_snapshot, load_model, load_tokenizer
+from lockstep.models import (
+    DTYPES,
+    ModelSource,
+    config_sha256,
+    hub_snapshot,
+    load_model,
+    load_tokenizer,
+)
 
-__all__ = ["DTYPES", "ModelSource", "config_sha256", "deviations", "hub_snapshot", "load_model", "load_tokenizer",
-           "render", "resolve_model", "stop_ids", "study_words", "template_facts", "token_id", "trim_ids"]
+__all__ = ["DTYPES", "Loaded", "ModelSource", "base_manifest", "base_run_config", "config_sha256", "deviations",
+           "hub_snapshot", "load", "load_model", "load_tokenizer", "pad_id", "prompt_texts", "refuse_deviations",
+           "render", "resolve_model", "select_runs", "stop_ids", "study_words", "template_facts", "token_id", "trim_ids"]
 
-from . import builtin
+from . import builtin, builtin_heads
+
+
+PROMPT_TEXT_FIELDS = ("text", "clean", "corrupted", "answer", "wrong_answer")
+
+
+def prompt_texts(frozen) -> list[str]:
+    """Every text of the prompts a model will read (routing prompts; pairs, answers and wrong answers)."""
+    return [p[k] for p in frozen.prompts for k in PROMPT_TEXT_FIELDS if isinstance(p.get(k), str)]
+
 
 def study_words(frozen) -> set[str]:
     """Words of the prompts and the rubric lexicon: what a builtin tokenizer must cover."""
-    words = builtin.words_of(p["text"] for p in frozen.prompts)
+    words = builtin.words_of(prompt_texts(frozen))
     sets = (frozen.rubric or {}).get("lexicon", {}).get("sets", {}) or {}
     for members in sets.values():
         words |= builtin.words_of(str(m) for m in members)
@@ -37,8 +56,9 @@ def resolve_model(frozen, runs_root: Path, model_path: Path | None = None) -> Mo
     model = frozen.spec["model"]
     source = model.get("source", "hub")
     if source == "builtin" and model_path is None:
-        folder = builtin.ensure_builtin(model["builtin"], Path(runs_root) / "_models", study_words(frozen))
-        return ModelSource(folder, "builtin", builtin.BUILDER_VERSION)
+        maker = builtin_heads if model["builtin"]["name"] == builtin_heads.NAME else builtin
+        folder = maker.ensure_builtin(model["builtin"], Path(runs_root) / artifacts.MODELS, study_words(frozen))
+        return ModelSource(folder, "builtin", maker.BUILDER_VERSION)
     if model_path is not None or source in ("path", "local"):
         raw = model_path if model_path is not None else model.get("path")
         path = Path(raw) if raw is not None else None
@@ -146,3 +166,85 @@ def deviations(
         if value is not None and value != prereg.get(key):
             found.append({"field": where[key], "preregistered": prereg.get(key), "actual": value})
     return found
+
+
+def refuse_deviations(found: list[dict[str, Any]], allow_deviation: bool) -> None:
+    """Refuse a runtime that differs from the preregistration, unless deviations are allowed (and recorded)."""
+    if found and not allow_deviation:
+        lines = "; ".join(f"{d['field']}: preregistered {d['preregistered']!r}, actual {d['actual']!r}" for d in found)
+        raise CaptureError(f"the runtime differs from the preregistration: {lines}",
+                           hint="run as preregistered, amend the study, or pass --allow-deviation to record it")
+
+
+def select_runs(frozen, run_ids) -> list[dict[str, Any]]:
+    """The preregistered runs to capture: all, or those named (UsageError for an unknown id)."""
+    runs = frozen.spec["runtime"]["runs"]
+    if run_ids is None:
+        return list(runs)
+    known = [r["id"] for r in runs]
+    unknown = sorted(set(run_ids) - set(known))
+    if unknown:
+        raise UsageError(f"unknown run(s) {unknown}; the study preregisters {known}")
+    return [r for r in runs if r["id"] in set(run_ids)]
+
+
+def pad_id(tok) -> int:
+    """The id batches are left-padded with: the pad token, else the eos token."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad is None:
+        raise CaptureError("the tokenizer has neither a pad nor an eos token to left-pad batches with")
+    return int(pad)
+
+
+@dataclass
+class Loaded:
+    """What every design's capture starts from: the weights' source, model, tokenizer and template facts."""
+
+    source: ModelSource
+    model: Any
+    tok: Any
+    tokenizer_loader: str
+    facts: dict[str, Any]
+    dtype: str
+    pad_id: int
+
+
+def load(frozen, runs_root: Path, overrides: dict, model_path, device_map) -> Loaded:
+    """Resolve and load the study's model and tokenizer (the tokenizer checked on every prompt text)."""
+    spec = frozen.spec
+    source = resolve_model(frozen, runs_root, model_path)
+    tok, loader = load_tokenizer(source.path, prompt_texts(frozen))
+    dtype = overrides.get("dtype") or spec["model"].get("dtype", "float32")
+    model = load_model(source, dtype=dtype, trust_remote_code=bool(spec["model"].get("trust_remote_code")),
+                       device_map=device_map)
+    return Loaded(source, model, tok, loader, template_facts(tok, spec["runtime"]), dtype, pad_id(tok))
+
+
+def base_run_config(frozen, run, ld: Loaded, batch_size: int, deviations) -> dict[str, Any]:
+    """The fields every design binds a run folder to (a resume refuses a folder bound to other ones)."""
+    return {
+        "format_version": artifacts.RUN_FORMAT_VERSION, "design": frozen.design, "study_id": frozen.study_id,
+        "run_id": run["id"], "lock_digest": frozen.lock_digest, "run": run,
+        "model_config_sha256": config_sha256(ld.source.path), "model_revision": ld.source.revision,
+        "dtype": ld.dtype, "batch_size": batch_size, "deviations": deviations,
+    }
+
+
+def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str, deviations) -> dict[str, Any]:
+    """The manifest fields every design writes (schemas/run-manifest.schema.json); designs add their own."""
+    from lockstep.fsio import utc_now
+    from lockstep.provenance import git_info, package_versions
+
+    return {
+        "format_version": artifacts.RUN_FORMAT_VERSION, "design": frozen.design, "study_id": frozen.study_id,
+        "run_id": run["id"], "lock_digest": frozen.lock_digest, "synthetic": bool(frozen.spec.get("synthetic", False)),
+        "model": {
+            "id": frozen.spec["model"].get("id"), "source": ld.source.kind, "path": str(ld.source.path),
+            "revision": ld.source.revision, "config_sha256": config["model_config_sha256"],
+            "class": type(ld.model).__name__, "dtype": ld.dtype,
+            "devices": sorted({str(p.device) for p in ld.model.parameters()}),
+        },
+        "tokenizer": {"loader": ld.tokenizer_loader, "template": ld.facts},
+        "decoding": run, "batch_size": config["batch_size"], "deviations": deviations,
+        "versions": package_versions(), "git": git_info(frozen.root), "started_utc": started, "finished_utc": utc_now(),
+    }

@@ -37,7 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lockstep import artifacts
 from lockstep.errors import CaptureError
+from lockstep.records import RUN_MANIFEST, write_record
 from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes
 
 TEXTS_SCHEMA = pa.schema([
@@ -110,7 +112,7 @@ class RunStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.work = self.root / "_work"
+        self.work = self.root / artifacts.WORK
         self.batches = self.work / "batches"
 
     # -- configuration ----------------------------------------------------------------------------
@@ -132,7 +134,7 @@ class RunStore:
             atomic_write(path, pretty_json({"digest": digest, "config": config}))
 
     def is_complete(self) -> bool:
-        return (self.root / "manifest.json").is_file()
+        return (self.root / artifacts.MANIFEST).is_file()
 
     def done_batches(self) -> set[int]:
         if not self.batches.is_dir():
@@ -167,9 +169,9 @@ class RunStore:
         dirs = [self.batches / f"b{i:05d}" for i in range(n_batches)]
         with disk_errors(self.root):
             for name, schema, dest in (
-                ("texts", TEXTS_SCHEMA, self.root / "texts.parquet"),
-                ("units", UNITS_SCHEMA, self.root / "units.parquet"),
-                ("events", EVENTS_SCHEMA, self.root / "events.parquet"),
+                ("texts", TEXTS_SCHEMA, self.root / artifacts.TEXTS),
+                ("units", UNITS_SCHEMA, self.root / artifacts.UNITS),
+                ("events", EVENTS_SCHEMA, self.root / artifacts.EVENTS),
                 ("tokens", TOKENS_SCHEMA, self.root / "topk" / "tokens.parquet"),
             ):
                 with _atomic_file(dest) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -182,7 +184,7 @@ class RunStore:
 
     def finish(self, manifest: dict[str, Any]) -> None:
         with disk_errors(self.root):
-            atomic_write(self.root / "manifest.json", pretty_json(manifest))
+            write_record(self.root / artifacts.MANIFEST, RUN_MANIFEST, manifest)
         shutil.rmtree(self.work, ignore_errors=True)
 
 

@@ -3,6 +3,7 @@ preregistered exclusions, resume after an interruption, refusals, and the l31h14
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from capture import ablation
+from capture.designs import ablation
 from capture.run import run_capture
 from capture.store import RunStore
 from lockstep.errors import CaptureError, UsageError
@@ -125,23 +126,23 @@ def test_reference_means_cover_every_non_pad_reference_token(edited):
 def test_an_interrupted_capture_resumes_to_the_same_tables(edited, tmp_path):
     frozen, run_dir = edited
     runs_root = tmp_path / "runs"
-    st = ablation._setup(frozen, runs_root, {}, None, None)
+    st = ablation.setup(frozen, runs_root, {"batch_size": 8}, None, None, {})
     store = RunStore(runs_root / frozen.study_id / "forward")
     run = frozen.spec["runtime"]["runs"][0]
     stack = ablation.DEFAULT_STACK_ROWS // 8
-    store.bind(ablation._run_config(frozen, run, st, 8, stack, []))
-    fwd = ablation.MarginForward(st.model, st.pad_id)
+    store.bind(ablation._run_config(frozen, run, st, []))
+    fwd = ablation.MarginForward(st.ld.model, st.ld.pad_id)
     pairs, reference = ablation._encode(frozen, st)
     prep = ablation._prepare(frozen, st, fwd, pairs, reference, 8, stack, lambda _: None)
     ablation._save_prep(store, prep)
     # the first batch of the all-slot baseline is done, the process dies before the second
     first = ablation._baseline_batches(prep, 8)[0]
-    abl = ablation.SlotAblation(st.model, st.slots, ablation._means_of(prep.means))
+    abl = ablation.SlotAblation(st.ld.model, st.slots, ablation._means_of(prep.means))
     store.write_batch(0, {"baseline": ablation.baseline_batch(st, fwd, abl, first, stack)}, {}, {"pairs": len(first)})
     assert store.done_batches() == {0} and not store.is_complete()
     with pytest.raises(CaptureError, match="different configuration"):
-        RunStore(store.root).bind(ablation._run_config(frozen, run, st, 4, stack, []))
-    [resumed] = ablation.run_ablation_capture(frozen, runs_root=runs_root, progress=False)
+        RunStore(store.root).bind(ablation._run_config(frozen, run, dataclasses.replace(st, batch_size=4), []))
+    [resumed] = run_capture(frozen, runs_root=runs_root, progress=False)
     assert resumed == store.root and not (resumed / "_work").exists()
     cost = json.loads((resumed / "manifest.json").read_text())["cost"]
     # the resume reused the saved exclusions and margins and the finished shard: 4 batches left, one forward each
@@ -152,10 +153,10 @@ def test_an_interrupted_capture_resumes_to_the_same_tables(edited, tmp_path):
 
 def test_refusals(edited, tmp_path):
     frozen, _ = edited
-    with pytest.raises(UsageError, match="`--shard` is for routing studies"):
-        ablation.run_ablation_capture(frozen, runs_root=tmp_path, shard=(0, 2), progress=False)
+    with pytest.raises(UsageError, match="`--shard` does not apply to design 'ablation'"):
+        run_capture(frozen, runs_root=tmp_path, shard=(0, 2), progress=False)
     with pytest.raises(UsageError, match=r"unknown run\(s\) \['greedy'\]"):
-        ablation.run_ablation_capture(frozen, run_ids=["greedy"], runs_root=tmp_path, progress=False)
+        run_capture(frozen, run_ids=["greedy"], runs_root=tmp_path, progress=False)
 
     def add_target(spec):
         spec["units"]["targets"].append({"id": "L3H7", "layer": 3, "head": 7})

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from capture import builtin_heads, runtime
-from capture.ablation import MarginForward
+from capture.designs.ablation import MarginForward
 from capture.sae import FeatureKnockdown, TopKSAE, feature_table, knockdown_margins, load_topk_sae
 from lockstep.errors import CaptureError
 

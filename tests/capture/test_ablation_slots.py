@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from capture import builtin_heads, runtime
-from capture.ablation import MarginForward, ablated_margins
+from capture.designs.ablation import MarginForward, ablated_margins
 from capture.slots import SlotAblation, SlotMeans, slot_summary, slot_table
 from lockstep.errors import CaptureError
 

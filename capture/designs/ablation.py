@@ -54,21 +54,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from lockstep import artifacts
 from lockstep.errors import CaptureError, UsageError
-from lockstep.fsio import (
-    atomic_write,
-    canonical_json,
-    pretty_json,
-    sha256_bytes,
-    utc_now,
-)
+from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, utc_now
 from lockstep.units import condition_key, unit_order
 
-from . import builtin, builtin_heads, runtime
-from .slots import Slot, SlotAblation, SlotMeans, slot_summary, slot_table
-from .store import RunStore, disk_errors, write_table
+from .. import runtime
+from ..slots import Slot, SlotAblation, SlotMeans, slot_summary, slot_table
+from ..store import RunStore, disk_errors, write_table
 
-FORMAT_VERSION = 1
+OPTIONS = ("slots_per_forward",)  # design-specific capture options (lockstep capture --slots-per-forward)
 DEFAULT_STACK_ROWS = 256
 MARGIN_DEFINITION = ("logit(first token of answer) - logit(first token of wrong_answer) at the last real token, "
                      "float32, from the output head's input")
@@ -184,15 +179,13 @@ def ablated_margins(fwd: MarginForward, ablation: SlotAblation, rows: list[list[
 # -- the study --------------------------------------------------------------------------------------
 
 @dataclass
-class _Setup:
-    source: runtime.ModelSource
-    model: Any
-    tok: Any
-    loader: str
+class Setup:
+    """The loaded model, its slot table, and how many single-slot ablations share one forward."""
+
+    ld: runtime.Loaded
     slots: list[Slot]
-    facts: dict[str, Any]
-    dtype: str
-    pad_id: int
+    stack: int
+    batch_size: int
 
 
 @dataclass
@@ -203,52 +196,43 @@ class _Prep:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _texts(frozen) -> list[str]:
-    keys = ("text", "clean", "corrupted", "answer", "wrong_answer")
-    return [p[k] for p in frozen.prompts for k in keys if isinstance(p.get(k), str)]
+def check_request(frozen, runs: list[dict], *, shard, options: dict) -> None:
+    """An ablation run is forward passes only, captured in one process."""
+    for run in runs:
+        if run["decoding"] != "none":
+            raise CaptureError(f"run {run['id']!r} decodes ({run['decoding']}); an ablation run is forward passes only",
+                               hint="set its decoding to none (an amendment)")
+    stack = options.get("slots_per_forward")
+    if stack is not None and stack < 1:
+        raise UsageError("`--slots-per-forward` must be at least 1")
 
 
-def _resolve(frozen, runs_root: Path, model_path: Path | None) -> runtime.ModelSource:
-    model = frozen.spec["model"]
-    if model["source"] == "builtin" and model_path is None:
-        words = builtin.words_of(_texts(frozen))
-        spec = model["builtin"]
-        if spec["name"] == builtin_heads.NAME:
-            folder = builtin_heads.ensure_builtin(spec, Path(runs_root) / "_models", words)
-            return runtime.ModelSource(folder, "builtin", builtin_heads.BUILDER_VERSION)
-        folder = builtin.ensure_builtin(spec, Path(runs_root) / "_models", words)
-        return runtime.ModelSource(folder, "builtin", builtin.BUILDER_VERSION)
-    if model["source"] == "path" and model_path is None:
-        model_path = Path(model["path"])
-    return runtime.resolve_model(frozen, runs_root, model_path)
-
-
-def _pad_id(tok) -> int:
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    if pad is None:
-        raise CaptureError("the tokenizer has neither a pad nor an eos token to left-pad batches with")
-    return int(pad)
-
-
-def _setup(frozen, runs_root: Path, overrides: dict, model_path, device_map) -> _Setup:
+def setup(frozen, runs_root: Path, overrides: dict, model_path, device_map, options: dict) -> Setup:
+    """Load the model and build the slot table for ``ablation.slot_layers``; refuse a target that is not a slot."""
     spec = frozen.spec
-    source = _resolve(frozen, runs_root, model_path)
-    tok, loader = runtime.load_tokenizer(source.path, _texts(frozen))
-    dtype = overrides.get("dtype") or spec["model"].get("dtype", "float32")
-    model = runtime.load_model(source, dtype=dtype, trust_remote_code=bool(spec["model"].get("trust_remote_code")),
-                               device_map=device_map)
-    slots = slot_table(model, spec["ablation"].get("slot_layers", "all"))
+    ld = runtime.load(frozen, runs_root, overrides, model_path, device_map)
+    slots = slot_table(ld.model, spec["ablation"].get("slot_layers", "all"))
     labels = {s.label for s in slots}
-    targets = [t["id"] for t in spec["units"]["targets"]]
-    missing = [t for t in targets if t not in labels]
+    missing = [t["id"] for t in spec["units"]["targets"] if t["id"] not in labels]
     if missing:
         summary = slot_summary(slots)
         raise CaptureError(
             f"target(s) {missing} are not head slots of {spec['model']['id']} with slot_layers "
             f"{spec['ablation'].get('slot_layers', 'all')!r} ({summary['slots']} slots: {summary['by_layer_type']})",
             hint="the LxxHyy labels must name slots of this model's slot table (see capture/slots.py); amend the study")
-    facts = runtime.template_facts(tok, spec["runtime"])
-    return _Setup(source, model, tok, loader, slots, facts, dtype, _pad_id(tok))
+    batch_size = int(overrides.get("batch_size", spec["runtime"].get("batch_size", 1)))
+    stack = int(options.get("slots_per_forward") or max(1, DEFAULT_STACK_ROWS // batch_size))
+    return Setup(ld, slots, stack, batch_size)
+
+
+def prepare(frozen, st: Setup, overrides: dict) -> None:
+    """Nothing before the runs: each run prepares (and keeps, for a resume) its own pairs and exclusions."""
+    return None
+
+
+def journal_details(paths) -> dict[str, Any]:
+    """The exclusions of each run go into the capture's journal entry."""
+    return {"exclusions": {p.name: json.loads((p / artifacts.MANIFEST).read_text())["exclusions"] for p in paths}}
 
 
 def _encode_answer(tok, text: str) -> list[int]:
@@ -258,17 +242,17 @@ def _encode_answer(tok, text: str) -> list[int]:
     return list(ids)
 
 
-def _encode(frozen, st: _Setup) -> tuple[list[dict], list[list[int]]]:
+def _encode(frozen, st: Setup) -> tuple[list[dict], list[list[int]]]:
     """Pairs sorted by id with token ids, and the reference texts' token ids."""
     rt = frozen.spec["runtime"]
     ablation = frozen.spec["ablation"]
-    unk = st.tok.unk_token_id
-    limit = getattr(st.model.config, "max_position_embeddings", None)
+    unk = st.ld.tok.unk_token_id
+    limit = getattr(st.ld.model.config, "max_position_embeddings", None)
     pairs, unknown, too_long = [], [], []
     for p in sorted((p for p in frozen.prompts if "clean" in p), key=lambda p: p["id"]):
-        clean = st.tok(runtime.render(st.tok, p["clean"], rt), add_special_tokens=False).input_ids
-        corrupted = st.tok(runtime.render(st.tok, p["corrupted"], rt), add_special_tokens=False).input_ids
-        answer, wrong = _encode_answer(st.tok, p["answer"]), _encode_answer(st.tok, p["wrong_answer"])
+        clean = st.ld.tok(runtime.render(st.ld.tok, p["clean"], rt), add_special_tokens=False).input_ids
+        corrupted = st.ld.tok(runtime.render(st.ld.tok, p["corrupted"], rt), add_special_tokens=False).input_ids
+        answer, wrong = _encode_answer(st.ld.tok, p["answer"]), _encode_answer(st.ld.tok, p["wrong_answer"])
         if unk is not None and unk in (answer[0], wrong[0]):
             unknown.append(p["id"])
         if limit is not None and max(len(clean), len(corrupted)) > limit:
@@ -285,7 +269,7 @@ def _encode(frozen, st: _Setup) -> tuple[list[dict], list[list[int]]]:
     if ablation["kind"] == "mean":
         for p in sorted(frozen.prompts_in(split=ablation["reference_split"]), key=lambda p: p["id"]):
             text = p.get("text") or p.get("clean")
-            reference.append(list(st.tok(runtime.render(st.tok, text, rt), add_special_tokens=False).input_ids))
+            reference.append(list(st.ld.tok(runtime.render(st.ld.tok, text, rt), add_special_tokens=False).input_ids))
         if not any(reference):
             raise CaptureError(f"the reference split {ablation['reference_split']!r} has no text to average over")
     return pairs, reference
@@ -330,7 +314,7 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _prepare(frozen, st: _Setup, fwd: MarginForward, pairs: list[dict], reference: list[list[int]],
+def _prepare(frozen, st: Setup, fwd: MarginForward, pairs: list[dict], reference: list[list[int]],
              batch_size: int, stack: int, progress) -> _Prep:
     ablation_spec = frozen.spec["ablation"]
     rules = _exclusion_rules(frozen)
@@ -348,7 +332,7 @@ def _prepare(frozen, st: _Setup, fwd: MarginForward, pairs: list[dict], referenc
     means = None
     means_table = None
     if ablation_spec["kind"] == "mean":
-        acc = SlotMeans(st.model, st.slots)
+        acc = SlotMeans(st.ld.model, st.slots)
         for chunk in _batches(reference, batch_size):
             _, mask, _ = fwd.batch(chunk)
             with acc.recording(mask):
@@ -357,7 +341,7 @@ def _prepare(frozen, st: _Setup, fwd: MarginForward, pairs: list[dict], referenc
         means_table = pa.Table.from_pylist([
             {"slot": s.label, "layer": s.layer, "head": s.head, "layer_type": s.layer_type, "module": s.module,
              "n_tokens": acc.n_tokens, "mean": means[s.label].tolist()} for s in st.slots], schema=MEANS_SCHEMA)
-    abl = SlotAblation(st.model, st.slots, means)
+    abl = SlotAblation(st.ld.model, st.slots, means)
     live = [p for p in pairs if p["id"] not in excluded]
     base_clean, base_corrupted = {}, {}
     for chunk in _batches(live, batch_size):
@@ -408,10 +392,10 @@ def _save_prep(store: RunStore, prep: _Prep) -> None:
         store.work.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".prep.", dir=store.work))
         try:
-            write_table(tmp / "pairs.parquet", prep.pairs)
-            write_table(tmp / "ablations.parquet", prep.ablations)
+            write_table(tmp / artifacts.PAIRS, prep.pairs)
+            write_table(tmp / artifacts.ABLATIONS, prep.ablations)
             if prep.means is not None:
-                write_table(tmp / "reference_means.parquet", prep.means)
+                write_table(tmp / artifacts.REFERENCE_MEANS, prep.means)
             atomic_write(tmp / "prep.json", pretty_json(prep.info))
             os.replace(tmp, final)
         except BaseException:
@@ -423,9 +407,9 @@ def _load_prep(store: RunStore) -> _Prep | None:
     folder = store.work / "prep"
     if not (folder / "prep.json").is_file():
         return None
-    means = folder / "reference_means.parquet"
-    return _Prep(pq.read_table(folder / "pairs.parquet", schema=PAIRS_SCHEMA),
-                 pq.read_table(folder / "ablations.parquet", schema=ABLATIONS_SCHEMA),
+    means = folder / artifacts.REFERENCE_MEANS
+    return _Prep(pq.read_table(folder / artifacts.PAIRS, schema=PAIRS_SCHEMA),
+                 pq.read_table(folder / artifacts.ABLATIONS, schema=ABLATIONS_SCHEMA),
                  pq.read_table(means, schema=MEANS_SCHEMA) if means.is_file() else None,
                  json.loads((folder / "prep.json").read_text()))
 
@@ -442,13 +426,12 @@ def _needs_baseline(frozen) -> bool:
     return any(a["kind"] == "all_unit_baseline" for a in frozen.spec["analyses"])
 
 
-def _run_config(frozen, run, st: _Setup, batch_size: int, stack: int, deviations) -> dict[str, Any]:
+def _run_config(frozen, run, st: Setup, deviations) -> dict[str, Any]:
     return {
-        "format_version": FORMAT_VERSION, "design": "ablation", "study_id": frozen.study_id, "run_id": run["id"],
-        "lock_digest": frozen.lock_digest, "run": run, "model_config_sha256": runtime.config_sha256(st.source.path),
-        "model_revision": st.source.revision, "dtype": st.dtype, "batch_size": batch_size, "slots_per_forward": stack,
-        "ablation": frozen.spec["ablation"], "slot_table_sha256": sha256_bytes(canonical_json([s.to_dict() for s in st.slots])),
-        "pair_ids": sorted(p["id"] for p in frozen.prompts if "clean" in p), "deviations": deviations,
+        **runtime.base_run_config(frozen, run, st.ld, st.batch_size, deviations),
+        "slots_per_forward": st.stack, "ablation": frozen.spec["ablation"],
+        "slot_table_sha256": sha256_bytes(canonical_json([s.to_dict() for s in st.slots])),
+        "pair_ids": sorted(p["id"] for p in frozen.prompts if "clean" in p),
     }
 
 
@@ -465,7 +448,7 @@ def _baseline_batches(prep: _Prep, batch_size: int) -> list[list[dict]]:
     return _batches(pairs, batch_size)
 
 
-def baseline_batch(st: _Setup, fwd: MarginForward, abl: SlotAblation, chunk: list[dict], stack: int) -> pa.Table:
+def baseline_batch(st: Setup, fwd: MarginForward, abl: SlotAblation, chunk: list[dict], stack: int) -> pa.Table:
     """Every slot ablated alone on one batch of pairs (rows of pairs.parquet): the long baseline table."""
     a, w = [p["answer_token_id"] for p in chunk], [p["wrong_token_id"] for p in chunk]
     ablated = ablated_margins(fwd, abl, [p["clean_token_ids"] for p in chunk], a, w, [[s.label] for s in st.slots], stack)
@@ -479,10 +462,10 @@ def baseline_batch(st: _Setup, fwd: MarginForward, abl: SlotAblation, chunk: lis
     return pa.Table.from_pydict(rows, schema=BASELINE_SCHEMA)
 
 
-def _capture_baseline(st: _Setup, fwd: MarginForward, prep: _Prep, store: RunStore, batch_size: int, stack: int,
+def _capture_baseline(st: Setup, fwd: MarginForward, prep: _Prep, store: RunStore, batch_size: int, stack: int,
                       say) -> dict[str, float]:
     """The all-slot baseline, one shard per batch of pairs (skipping shards already on disk); returns its cost."""
-    abl = SlotAblation(st.model, st.slots, _means_of(prep.means))
+    abl = SlotAblation(st.ld.model, st.slots, _means_of(prep.means))
     batches = _baseline_batches(prep, batch_size)
     done = store.done_batches()
     seconds, forwards = 0.0, 0
@@ -502,15 +485,15 @@ def _capture_baseline(st: _Setup, fwd: MarginForward, prep: _Prep, store: RunSto
 
 def _merge(store: RunStore, prep: _Prep, n_batches: int | None) -> None:
     with disk_errors(store.root):
-        write_table(store.root / "pairs.parquet", prep.pairs)
-        write_table(store.root / "ablations.parquet", prep.ablations)
+        write_table(store.root / artifacts.PAIRS, prep.pairs)
+        write_table(store.root / artifacts.ABLATIONS, prep.ablations)
         if prep.means is not None:
-            write_table(store.root / "reference_means.parquet", prep.means)
+            write_table(store.root / artifacts.REFERENCE_MEANS, prep.means)
         if n_batches is not None:
-            parts = [pq.read_table(store.batches / f"b{i:05d}" / "baseline.parquet", schema=BASELINE_SCHEMA)
+            parts = [pq.read_table(store.batches / f"b{i:05d}" / artifacts.BASELINE, schema=BASELINE_SCHEMA)
                      for i in range(n_batches)]
             table = pa.concat_tables(parts) if parts else BASELINE_SCHEMA.empty_table()
-            write_table(store.root / "baseline.parquet", table)
+            write_table(store.root / artifacts.BASELINE, table)
 
 
 def exclusion_summary(frozen, pairs: pa.Table) -> tuple[list[dict], list[str]]:
@@ -532,10 +515,8 @@ def exclusion_summary(frozen, pairs: pa.Table) -> tuple[list[dict], list[str]]:
     return out, warnings
 
 
-def _manifest(frozen, run, st: _Setup, prep: _Prep, config: dict, cost: dict, fwd: MarginForward, started: str,
+def _manifest(frozen, run, st: Setup, prep: _Prep, config: dict, cost: dict, fwd: MarginForward, started: str,
               deviations, n_batches: int) -> dict[str, Any]:
-    from lockstep.provenance import git_info, package_versions
-
     pairs = prep.pairs.select(["pair_id", "class", "excluded", "excluded_by"]).to_pylist()
     by_class: dict[str, dict[str, int]] = {}
     for r in pairs:
@@ -546,21 +527,14 @@ def _manifest(frozen, run, st: _Setup, prep: _Prep, config: dict, cost: dict, fw
     targets = {t["id"]: next(s.to_dict() for s in st.slots if s.label == t["id"]) for t in frozen.spec["units"]["targets"]}
     per_second = cost["baseline"]["forwards"] / cost["baseline"]["seconds"] if cost["baseline"]["seconds"] else None
     return {
-        "format_version": FORMAT_VERSION, "design": "ablation", "study_id": frozen.study_id, "run_id": run["id"],
-        "lock_digest": frozen.lock_digest, "synthetic": bool(frozen.spec.get("synthetic", False)),
-        "model": {"id": frozen.spec["model"].get("id"), "source": st.source.kind, "path": str(st.source.path),
-                  "revision": st.source.revision, "config_sha256": config["model_config_sha256"],
-                  "class": type(st.model).__name__, "dtype": st.dtype,
-                  "devices": sorted({str(p.device) for p in st.model.parameters()})},
-        "tokenizer": {"loader": st.loader, "template": st.facts},
+        **runtime.base_manifest(frozen, run, st.ld, config, started, deviations),
         "ablation": frozen.spec["ablation"], "margin": MARGIN_DEFINITION,
         "slot_summary": slot_summary(st.slots), "slot_table": [s.to_dict() for s in st.slots],
         "slot_table_sha256": config["slot_table_sha256"], "targets": targets,
         "conditions": prep.info["conditions"],
         "reference": {"split": frozen.spec["ablation"].get("reference_split"), "texts": prep.info["reference_texts"],
                       "tokens": prep.info["reference_tokens"]},
-        "exclusions": exclusions, "warnings": warnings, "deviations": deviations, "decoding": run,
-        "batch_size": config["batch_size"], "slots_per_forward": config["slots_per_forward"],
+        "exclusions": exclusions, "warnings": warnings, "slots_per_forward": config["slots_per_forward"],
         # finish_reason null: nothing is generated in the ablation design (the run-manifest schema asks for it)
         "prompts": {r["pair_id"]: {"finish_reason": None, "class": r["class"], "excluded_by": r["excluded_by"]}
                     for r in pairs},
@@ -571,15 +545,18 @@ def _manifest(frozen, run, st: _Setup, prep: _Prep, config: dict, cost: dict, fw
                  "all_slot_baseline_forwards": cost["baseline"]["forwards"],
                  "all_slot_baseline_forwards_per_second": per_second,
                  "forwards_this_process": fwd.forwards, "rows_this_process": fwd.rows},
-        "versions": package_versions(), "git": git_info(frozen.root), "started_utc": started, "finished_utc": utc_now(),
     }
 
 
-def _capture_run(frozen, run, st: _Setup, store: RunStore, *, batch_size: int, stack: int, deviations, say) -> None:
-    config = _run_config(frozen, run, st, batch_size, stack, deviations)
+def capture_run(frozen, run, st: Setup, work: None, store: RunStore, *, shard, progress, deviations) -> bool:
+    """Capture one run: pairs, margins and targeted ablations once (kept for a resume), then the all-slot
+    baseline one batch of pairs at a time (batches on disk are skipped). True once complete."""
+    say = _say(progress)
+    batch_size, stack = st.batch_size, st.stack
+    config = _run_config(frozen, run, st, deviations)
     started = utc_now()
     store.bind(config)
-    fwd = MarginForward(st.model, st.pad_id)
+    fwd = MarginForward(st.ld.model, st.ld.pad_id)
     prep = _load_prep(store)
     if prep is None:
         pairs, reference = _encode(frozen, st)
@@ -594,55 +571,4 @@ def _capture_run(frozen, run, st: _Setup, store: RunStore, *, batch_size: int, s
     _merge(store, prep, n_batches)
     store.finish(_manifest(frozen, run, st, prep, config, cost, fwd, started, deviations,
                            n_batches if n_batches is not None else len(_baseline_batches(prep, batch_size))))
-
-
-def run_ablation_capture(frozen, *, run_ids: list[str] | None = None, allow_deviation: bool = False,
-                         runs_root: Path | None = None, shard: tuple[int, int] | None = None, progress: bool = True,
-                         model_path: Path | None = None, overrides: dict[str, Any] | None = None,
-                         device_map: str | None = None, slots_per_forward: int | None = None) -> list[Path]:
-    """Capture every (or the chosen) preregistered run of a frozen ablation study.
-
-    Parameters are those of :func:`capture.run.run_capture`, plus ``slots_per_forward``: how many
-    single-slot ablations share one forward in the all-slot baseline (default: as many as keep a
-    forward at most 256 rows). Sharding is refused: the whole study is a few forwards per slot.
-
-    Returns
-    -------
-    list of Path
-        The run folders; complete ones hold ``manifest.json``.
-    """
-    if frozen.design != "ablation":
-        raise CaptureError(f"study {frozen.study_id!r} has design {frozen.design!r}; ablation capture needs 'ablation'")
-    if shard is not None:
-        raise UsageError("`--shard` is for routing studies; an ablation study is captured in one process",
-                         hint="run `lockstep capture` without --shard")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    runs = frozen.spec["runtime"]["runs"]
-    if run_ids is not None:
-        unknown = sorted(set(run_ids) - {r["id"] for r in runs})
-        if unknown:
-            raise UsageError(f"unknown run(s) {unknown}; the study preregisters {[r['id'] for r in runs]}")
-        runs = [r for r in runs if r["id"] in set(run_ids)]
-    for run in runs:
-        if run["decoding"] != "none":
-            raise CaptureError(f"run {run['id']!r} decodes ({run['decoding']}); an ablation run is forward passes only",
-                               hint="set its decoding to none (an amendment)")
-    root = Path(runs_root) if runs_root is not None else Path(frozen.repo_root) / "runs"
-    batch_size = int(overrides.get("batch_size", frozen.spec["runtime"].get("batch_size", 1)))
-    if slots_per_forward is not None and slots_per_forward < 1:
-        raise UsageError("`--slots-per-forward` must be at least 1")
-    stack = int(slots_per_forward or max(1, DEFAULT_STACK_ROWS // batch_size))
-    st = _setup(frozen, root, overrides, model_path, device_map)
-    found = runtime.deviations(frozen, st.source, st.facts, overrides)
-    if found and not allow_deviation:
-        lines = "; ".join(f"{d['field']}: preregistered {d['preregistered']!r}, actual {d['actual']!r}" for d in found)
-        raise CaptureError(f"the runtime differs from the preregistration: {lines}",
-                           hint="run as preregistered, amend the study, or pass --allow-deviation to record it")
-    paths = []
-    for run in runs:
-        store = RunStore(root / frozen.study_id / run["id"])
-        paths.append(store.root)
-        if not store.is_complete():
-            _capture_run(frozen, run, st, store, batch_size=batch_size, stack=stack, deviations=found,
-                         say=_say(progress))
-    return paths
+    return True
