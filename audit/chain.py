@@ -6,13 +6,14 @@ are relative to the repository root (or to the folder a bundle was unpacked into
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from lockstep.bundle import unpacked
+from lockstep import artifacts
+from lockstep.designs import DESIGNS
 from lockstep.errors import ChainBroken, LockMismatch
 from lockstep.fsio import sha256_file
 from lockstep.provenance import is_ancestor
-from lockstep.bundle import unpacked
 from lockstep.verify import STEPS as FREEZE_STEPS
 from lockstep.verify import Context, StepResult, make_context, run_steps
 
@@ -25,14 +26,15 @@ def verify_stage_order(ctx: Context) -> str:
     """Capture after the freeze; each run's labels frozen after its capture; every audit after those labels."""
     captured: dict[str, int] = {}
     labelled: dict[str, int] = {}
-    unlabelled_design: set[str] = set()  # ablation runs: nothing to label, the audit reads them on their capture digests
+    unlabelled_design: set[str] = set()  # runs of a design that labels nothing: read on their capture digests
     post_hoc = []
     for e in ctx.journal.entries:
         details = e.get("details", {})
         if e["stage"] == "capture":
             for run in details.get("runs", []):
                 captured[run] = e["seq"]
-                if details.get("design") == "ablation":
+                record = DESIGNS.get(details.get("design", "routing"))
+                if record is not None and not record.needs_labels:
                     unlabelled_design.add(run)
         elif e["stage"] == "label":
             run = details.get("run")
@@ -73,7 +75,7 @@ def verify_artifacts(ctx: Context) -> str:
     base = _base(ctx)
     checked, absent, wrong = 0, [], []
     for rel, digest in sorted(latest.items()):
-        path = base / rel
+        path = artifacts.from_journal(base, rel)
         if not path.is_file():
             absent.append(rel)
             continue
@@ -89,23 +91,22 @@ def verify_artifacts(ctx: Context) -> str:
 
 def verify_ledger(ctx: Context) -> str:
     """Recompute the ledger from the captured tables and compare it with the one on disk."""
+    from audit.ledger import LEDGER, comparable, compute, read_ledger
     from lockstep.gate import require_frozen
-
-    from audit.ledger import LEDGER, comparable, compute
 
     base = _base(ctx)
     study_id = ctx.lock["study_id"]
-    ledger_path = base / "reports" / study_id / LEDGER
+    ledger_path = artifacts.reports_dir(base, study_id) / LEDGER
     if not ledger_path.exists():
         return "no ledger yet"
     frozen = require_frozen(ctx.study_dir)
     if frozen.repo_root is None:
         frozen = type(frozen)(**{**frozen.__dict__, "repo_root": base})
-    table = "pairs.parquet" if frozen.design == "ablation" else "units.parquet"
-    if not all((base / "runs" / study_id / r["id"] / table).exists() for r in frozen.spec["runtime"]["runs"]):
+    tables = frozen.design_record.run_tables
+    if not all((artifacts.study_run_dir(frozen, r["id"], base) / t).exists() for r in frozen.spec["runtime"]["runs"] for t in tables):
         return "captured tables not present here; ledger not recomputed (verify a bundle)"
     recomputed, _ = compute(frozen)
-    on_disk = json.loads(ledger_path.read_text())
+    on_disk = read_ledger(ledger_path)
     if comparable(recomputed) != comparable(on_disk):
         differing = [c["hypothesis"] for c, d in zip(recomputed["claims"], on_disk["claims"]) if c["status"] != d.get("status")]
         raise LockMismatch(f"{ledger_path} differs from the ledger recomputed from the captured tables"

@@ -23,18 +23,20 @@ def label(study_dir: Path, run_ids, export_sheet, import_sheet) -> None:
     from lockstep.errors import UsageError
     from lockstep.gate import require_frozen
 
-    from .data import runs_root
-    from .label import export_sheet as export, import_sheet as import_, label_run
+    from .data import run_dir_of
+    from .label import export_sheet as export
+    from .label import import_sheet as import_
+    from .label import label_run
 
     frozen = require_frozen(study_dir)
-    if frozen.design != "routing":
-        click.echo(f"{study_dir}: an {frozen.design} study has no generated text to label")
+    if not frozen.design_record.needs_labels:
+        click.echo(f"{study_dir}: a study of design {frozen.design!r} has no generated text to label")
         return
     ids = _run_ids(frozen, run_ids)
     if (export_sheet or import_sheet) and len(ids) != 1:
         raise UsageError("a sheet belongs to one run", hint="name it with --run RUN")
     for run_id in ids:
-        run_dir = runs_root(frozen) / run_id
+        run_dir = run_dir_of(frozen, run_id)
         if export_sheet:
             click.echo(f"wrote blinded sheet {export(frozen, run_id, run_dir, export_sheet)} for run {run_id}")
             continue
@@ -69,12 +71,13 @@ def audit(study_dir: Path) -> None:
 @click.option("--note", default="", help="What the reviewer checked.")
 def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
     """Record a named reviewer's approval of the current ledger in the journal."""
+    import json
+
+    from lockstep import artifacts
     from lockstep.errors import StageRefused
     from lockstep.fsio import sha256_file
     from lockstep.gate import require_frozen
     from lockstep.journal import append_entry
-
-    import json
 
     from .ledger import LEDGER, content_digest, reports_dir
 
@@ -82,7 +85,7 @@ def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
     ledger = reports_dir(frozen) / LEDGER
     if not ledger.exists():
         raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `make audit STUDY={frozen.study_id}` first")
-    rel = ledger.resolve().relative_to(Path(frozen.repo_root)).as_posix()
+    rel = artifacts.repo_relative(ledger, frozen.repo_root)
     append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)}, outputs={}, access_level="scores_seen",
                  lock_digest=frozen.lock_digest, details={"decision": "approve", "reviewer": reviewer, "note": note,
                           "ledger_digest": content_digest(json.loads(ledger.read_text()))})

@@ -1,65 +1,51 @@
-"""What the audit may read, and when: captured runs whose labels were frozen first.
+"""What the audit may read, and when: captured runs, on the digests the journal recorded for them.
 
-``load_run`` refuses (StageRefused) unless the journal shows, for that run, a capture entry and then a
-label entry whose digests match the files on disk — labels before scores. Only then does it open the
-unit table. An ablation study labels nothing (its rubric is ``kind: none``): its runs are read once
-the newest capture entry of the run records the digests the tables have now (:func:`load_ablation_run`).
+A run's folder is where its capture's journal entry says (:func:`lockstep.artifacts.study_run_dir`, so a
+``--runs-root`` given to capture is honoured). :func:`load_run` asks the design's audit module
+(``audit/designs/<name>.py``) to read it, after the checks its design record calls for: a design that
+labels generated text (``needs_labels``) is read only when the journal shows, for that run, a capture
+entry and then a label entry whose digests match the files on disk — labels before scores; a design
+that labels nothing is read once the newest capture entry of the run records the digests its tables
+have now.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
-
+from lockstep import artifacts
 from lockstep.errors import StageRefused
 from lockstep.fsio import sha256_file
-from lockstep.units import unit_id
 
-from .label import LABELS
-
-
-@dataclass(frozen=True)
-class RunData:
-    run_id: str
-    run_dir: Path
-    manifest: dict
-    prompts: pd.DataFrame  # prompt_id, prompt_class, split, register_label, n_<zone>, spill
-    units: pd.DataFrame     # long: prompt_id, layer, expert, zone, n_tokens, n_selected, S, Q, W
-
-    def matrix(self, zone: str, metric: str, prompt_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-        """Prompt × unit matrix of ``metric`` in ``zone`` (rows in ``prompt_ids`` order; unit ids LxEy)."""
-        frame = self.units[self.units["zone"] == zone]
-        wide = frame.pivot(index="prompt_id", columns=["layer", "expert"], values=metric)
-        wide = wide.reindex(index=prompt_ids).sort_index(axis=1)
-        ids = [unit_id(layer, expert, "E") for layer, expert in wide.columns]
-        return wide.to_numpy(dtype=float), ids
+LABELS = artifacts.LABELS
 
 
-def runs_root(frozen) -> Path:
-    return Path(frozen.repo_root) / "runs" / frozen.study_id
+def run_dir_of(frozen, run_id: str) -> Path:
+    """The folder of a run, where its capture put it."""
+    return artifacts.study_run_dir(frozen, run_id)
 
 
 def _rel(frozen, path: Path) -> str:
-    return path.resolve().relative_to(Path(frozen.repo_root)).as_posix()
+    return artifacts.repo_relative(path, frozen.repo_root)
+
+
+def _captures(frozen, run_id: str) -> list[dict]:
+    captures = [e for e in frozen.journal.entries if e["stage"] == "capture" and run_id in e.get("details", {}).get("runs", [])]
+    if not captures:
+        raise StageRefused(f"run {run_id!r} of {frozen.study_id} has no capture in the journal",
+                           hint=f"run `make capture STUDY={frozen.study_id}` first")
+    return captures
 
 
 def check_labels_before_scores(frozen, run_id: str, run_dir: Path) -> None:
     """Capture recorded, then labels frozen for this run, with the digests the files have now."""
     entries = frozen.journal.entries
-    captures = [e for e in entries if e["stage"] == "capture" and run_id in e.get("details", {}).get("runs", [])]
-    if not captures:
-        raise StageRefused(f"run {run_id!r} of {frozen.study_id} has no capture in the journal",
-                           hint=f"run `make capture STUDY={frozen.study_id}` first")
+    captures = _captures(frozen, run_id)
     labels = [e for e in entries if e["stage"] == "label" and e.get("details", {}).get("run") == run_id]
     if not labels or labels[-1]["seq"] < captures[-1]["seq"]:
         raise StageRefused(f"labels of run {run_id!r} are not frozen after its capture, so its scores may not be read",
                            hint=f"run `lockstep label {frozen.root} --run {run_id}` first (labels before scores)")
-    texts = run_dir / "texts.parquet"
+    texts = run_dir / artifacts.TEXTS
     label_file = run_dir / LABELS
     if labels[-1]["outputs"].get(_rel(frozen, label_file)) != sha256_file(label_file):
         raise StageRefused(f"{label_file} differs from the labels frozen in the journal (entry {labels[-1]['seq']})",
@@ -68,69 +54,15 @@ def check_labels_before_scores(frozen, run_id: str, run_dir: Path) -> None:
         raise StageRefused(f"{texts} differs from the texts the labels were made from")
 
 
-def captured_run_dir(frozen, run_id: str) -> Path:
-    """The run's folder; StageRefused when its capture did not complete (no manifest)."""
-    run_dir = runs_root(frozen) / run_id
-    if not (run_dir / "manifest.json").exists():
-        raise StageRefused(f"run {run_id!r} of {frozen.study_id} is not captured ({run_dir}/manifest.json is missing)",
-                           hint=f"run `make capture STUDY={frozen.study_id}`")
-    return run_dir
-
-
-def load_run(frozen, run_id: str) -> RunData:
-    if frozen.design == "ablation":
-        return load_ablation_run(frozen, run_id)
-    run_dir = captured_run_dir(frozen, run_id)
-    check_labels_before_scores(frozen, run_id, run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    texts = pq.read_table(run_dir / "texts.parquet", columns=["prompt_id", "class", "split", "n_prefill", "n_generated",
-                                                              "n_trimmed", "n_spill"]).to_pandas()
-    labels = pq.read_table(run_dir / LABELS, columns=["prompt_id", "label"]).to_pandas()
-    prompts = texts.rename(columns={"class": "prompt_class"}).merge(
-        labels.rename(columns={"label": "register_label"}), on="prompt_id", how="left")
-    units = pq.read_table(run_dir / "units.parquet").to_pandas()
-    return RunData(run_id, run_dir, manifest, prompts.sort_values("prompt_id").reset_index(drop=True), units)
-
-
-# -- the ablation design ---------------------------------------------------------------------------
-
-ABLATION_TABLES = ("pairs.parquet", "ablations.parquet", "baseline.parquet", "manifest.json")
-
-
-@dataclass(frozen=True)
-class AblationRunData:
-    """A captured ablation run (capture/ablation.py). ``prompts`` is the pairs table in the shape the run
-    cards read (``prompt_id``, ``prompt_class``, ``split``; ``n_spill`` 0: nothing is generated)."""
-
-    run_id: str
-    run_dir: Path
-    manifest: dict
-    prompts: pd.DataFrame
-    pairs: pd.DataFrame      # pair_id, class, split, ..., baseline_clean_margin, excluded, excluded_by
-    ablations: pd.DataFrame  # pair_id, mode, target, ablated_clean_margin, clean_drop, ...
-    baseline: pd.DataFrame   # pair_id, slot, layer, head, layer_type, ablated_margin, drop (may be empty)
-
-    def analysed_pairs(self, cls: str | None = None, split: str | None = None) -> pd.DataFrame:
-        """Pairs left after the preregistered exclusions, of one class and split, sorted by id."""
-        keep = ~self.pairs["excluded"].astype(bool)
-        if cls is not None:
-            keep &= self.pairs["class"] == cls
-        if split is not None:
-            keep &= self.pairs["split"] == split
-        return self.pairs[keep].sort_values("pair_id").reset_index(drop=True)
-
-
 def check_capture_digests(frozen, run_id: str, run_dir: Path) -> None:
-    """Ablation runs have no labels: the newest capture of the run must have recorded the files on disk."""
-    captures = [e for e in frozen.journal.entries if e["stage"] == "capture" and run_id in e.get("details", {}).get("runs", [])]
-    if not captures:
-        raise StageRefused(f"run {run_id!r} of {frozen.study_id} has no capture in the journal",
-                           hint=f"run `make capture STUDY={frozen.study_id}` first")
+    """The newest capture of the run recorded every table of the design's record with the digest it has now."""
+    captures = _captures(frozen, run_id)
     outputs = captures[-1]["outputs"]
-    for name in ABLATION_TABLES:
+    record = frozen.design_record
+    for name in record.run_tables + record.optional_tables:
         path = run_dir / name
         if not path.exists():
-            if name == "baseline.parquet":
+            if name in record.optional_tables:
                 continue
             raise StageRefused(f"{path} is missing", hint=f"run `make capture STUDY={frozen.study_id}` again")
         if outputs.get(_rel(frozen, path)) != sha256_file(path):
@@ -138,16 +70,22 @@ def check_capture_digests(frozen, run_id: str, run_dir: Path) -> None:
                                hint="captured data cannot change after capture; restore it, or capture into a new run")
 
 
-def load_ablation_run(frozen, run_id: str) -> AblationRunData:
+def captured_run_dir(frozen, run_id: str) -> Path:
+    """The run's folder; StageRefused when its capture did not complete (no manifest)."""
+    run_dir = run_dir_of(frozen, run_id)
+    if not (run_dir / artifacts.MANIFEST).exists():
+        raise StageRefused(f"run {run_id!r} of {frozen.study_id} is not captured ({run_dir}/{artifacts.MANIFEST} is missing)",
+                           hint=f"run `make capture STUDY={frozen.study_id}`")
+    return run_dir
+
+
+def load_run(frozen, run_id: str):
+    """Read a captured run through its design's audit module, after the checks its record calls for."""
+    from .designs import audit_design
+
     run_dir = captured_run_dir(frozen, run_id)
-    check_capture_digests(frozen, run_id, run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    pairs = pq.read_table(run_dir / "pairs.parquet").to_pandas()
-    ablations = pq.read_table(run_dir / "ablations.parquet").to_pandas()
-    baseline_path = run_dir / "baseline.parquet"
-    baseline = pq.read_table(baseline_path).to_pandas() if baseline_path.exists() else pd.DataFrame(
-        columns=["pair_id", "slot", "layer", "head", "layer_type", "ablated_margin", "drop"])
-    prompts = pd.DataFrame({"prompt_id": pairs["pair_id"], "prompt_class": pairs["class"], "split": pairs["split"],
-                            "n_spill": 0})
-    return AblationRunData(run_id, run_dir, manifest, prompts.sort_values("prompt_id").reset_index(drop=True),
-                           pairs, ablations, baseline)
+    if frozen.design_record.needs_labels:
+        check_labels_before_scores(frozen, run_id, run_dir)
+    else:
+        check_capture_digests(frozen, run_id, run_dir)
+    return audit_design(frozen.design).read_run(run_id, run_dir)

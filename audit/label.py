@@ -25,11 +25,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lockstep import artifacts
 from lockstep.errors import LockstepError, ProblemList, StageRefused
 from lockstep.fsio import atomic_write, sha256_file
 from lockstep.journal import append_entry
 
-LABELS = "labels.parquet"
+LABELS = artifacts.LABELS
 SHEET_KEY = "sheet_key.json"
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
@@ -96,7 +97,7 @@ def _text_column(rubric: dict) -> str:
 
 def read_texts(run_dir: Path, rubric: dict) -> pd.DataFrame:
     """Only the prompt id and the rubric's text zone: the label stage never sees class or routing."""
-    path = Path(run_dir) / "texts.parquet"
+    path = Path(run_dir) / artifacts.TEXTS
     if not path.exists():
         raise StageRefused(f"{path} does not exist: this run has not been captured",
                            hint="run `make capture STUDY=...` first")
@@ -124,9 +125,9 @@ def _write_labels(run_dir: Path, frame: pd.DataFrame) -> Path:
 
 def _freeze_labels(frozen, run_id: str, run_dir: Path, frame: pd.DataFrame, how: str) -> LabelResult:
     path = _write_labels(run_dir, frame)
-    rel = lambda p: p.resolve().relative_to(frozen.repo_root).as_posix() if frozen.repo_root else str(p)
+    rel = lambda p: artifacts.repo_relative(p, frozen.repo_root)  # noqa: E731
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
-    entry = append_entry(frozen.root, "label", inputs={rel(run_dir / "texts.parquet"): sha256_file(run_dir / "texts.parquet")},
+    entry = append_entry(frozen.root, "label", inputs={rel(run_dir / artifacts.TEXTS): sha256_file(run_dir / artifacts.TEXTS)},
                          outputs={rel(path): sha256_file(path)}, access_level="labels_frozen", lock_digest=frozen.lock_digest,
                          details={"run": run_id, "rubric_kind": frozen.rubric["kind"], "how": how, "counts": counts})
     return LabelResult(path, counts, entry)

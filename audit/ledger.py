@@ -15,20 +15,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lockstep import __version__
+from lockstep import __version__, artifacts
 from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, sha256_file, utc_now
 from lockstep.journal import append_entry
+from lockstep.records import LEDGER as LEDGER_SCHEMA
+from lockstep.records import check_record, read_record, write_record
 
-from .analyses import ANALYSES, Outcome, Settings
-from .data import RunData, load_run
+from .analyses import Outcome, Settings, analysis_for
+from .data import load_run, run_dir_of
 from .verdicts import decide, evidence_standard
 
-LEDGER = "ledger.json"
+LEDGER = artifacts.LEDGER
 VOLATILE = ("generated_utc",)
 
 
 def reports_dir(frozen) -> Path:
-    return Path(frozen.repo_root) / "reports" / frozen.study_id
+    return artifacts.reports_dir(frozen.repo_root, frozen.study_id)
+
+
+def read_ledger(path: Path) -> dict:
+    """A ledger on disk, checked against schemas/ledger.schema.json."""
+    return read_record(path, LEDGER_SCHEMA)
 
 
 def _settings(frozen) -> Settings:
@@ -59,22 +66,22 @@ def _set_review_status(frozen, ledger: dict) -> dict:
 
 def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Run the analyses and decide every claim; return the ledger and the tables behind it."""
-    cache: dict[str, RunData] = {}
+    cache: dict = {}
 
-    def runs(run_id: str) -> RunData:
+    def runs(run_id: str):
         if run_id not in cache:
             cache[run_id] = load_run(frozen, run_id)
         return cache[run_id]
 
     settings = _settings(frozen)
     outcomes: dict[str, Outcome] = {}
-    for analysis in frozen.spec["analyses"]:
-        outcomes[analysis["id"]] = ANALYSES[analysis["kind"]](frozen, analysis, runs, settings)
+    for analysis in frozen.analyses:
+        outcomes[analysis["id"]] = analysis_for(frozen.design, analysis["kind"])(frozen, analysis, runs, settings)
     claims = []
     for hypothesis in frozen.spec["hypotheses"]:
         analysis = frozen.analysis(hypothesis["analysis"])
         outcome = outcomes[analysis["id"]]
-        verdict = decide(hypothesis, outcome, frozen.thresholds, frozen.design)
+        verdict = decide(hypothesis, outcome, frozen.thresholds, frozen.design_record)
         claims.append({
             "hypothesis": hypothesis["id"], "claim": hypothesis["claim"], "kind": hypothesis["kind"],
             "analysis": analysis["id"], "status": verdict.status, "reason": verdict.reason,
@@ -82,10 +89,11 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
             "criteria": [c.to_dict() for c in verdict.criteria],
             "parameters": verdict.parameters,
             "evidence_standard": evidence_standard(hypothesis, analysis, outcome, outcomes, verdict, frozen),
-            "numbers": _clean(outcome.numbers), "warnings": outcome.warnings,
+            "numbers": _clean(outcome.numbers), "warnings": [w.message for w in outcome.warnings],
+            "warning_codes": [w.code for w in outcome.warnings], "analysis_spec": dict(sorted(analysis.items())),
         })
     ledger = {
-        "schema_version": 1, "study_id": frozen.study_id, "title": frozen.spec["title"], "design": frozen.design,
+        "schema_version": artifacts.LEDGER_SCHEMA_VERSION, "study_id": frozen.study_id, "title": frozen.spec["title"], "design": frozen.design,
         "synthetic": bool(frozen.spec.get("synthetic", False)), "lock_digest": frozen.lock_digest,
         "generated_utc": utc_now(), "tool_version": __version__,
         "deviations": _deviations(cache), "amendments": _amendments(frozen),
@@ -93,6 +101,7 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
         "claims": claims,
     }
     ledger = _set_review_status(frozen, _clean(ledger))
+    check_record(LEDGER_SCHEMA, ledger, "ledger.json", hint="a lockstep bug: the audit built a ledger its schema refuses")
     tables: dict[str, pd.DataFrame] = {}
     for outcome in outcomes.values():
         for name, frame in outcome.tables.items():
@@ -115,7 +124,7 @@ def _clean(value):
     return value
 
 
-def _deviations(cache: dict[str, RunData]) -> list[dict]:
+def _deviations(cache: dict) -> list[dict]:
     out = []
     for run_id, run in sorted(cache.items()):
         for deviation in run.manifest.get("deviations", []):
@@ -129,9 +138,9 @@ def _amendments(frozen) -> list[dict]:
              "reason": a["amendment"]["reason"]} for a in frozen.amendments]
 
 
-def _run_cards(frozen, cache: dict[str, RunData], claims: list[dict]) -> list[dict]:
+def _run_cards(frozen, cache: dict, claims: list[dict]) -> list[dict]:
     cards = []
-    by_analysis = {a["id"]: a for a in frozen.spec["analyses"]}
+    by_analysis = {a["id"]: a for a in frozen.analyses}
     for run_id, run in sorted(cache.items()):
         mine = [c for c in claims if c["kind"] == "confirmatory"
                 and run_id in ([by_analysis[c["analysis"]].get("run")] + by_analysis[c["analysis"]].get("runs", []))]
@@ -190,7 +199,7 @@ def write_reports(frozen, ledger: dict, tables: dict[str, pd.DataFrame]) -> Path
     for card in ledger["runs"]:
         atomic_write(out / f"run_card_{card['run_id']}.json", pretty_json(card | {"study_id": ledger["study_id"], "lock_digest": ledger["lock_digest"]}))
     atomic_write(out / "ledger.md", ledger_markdown(ledger).encode())
-    atomic_write(out / LEDGER, pretty_json(ledger))
+    write_record(out / LEDGER, LEDGER_SCHEMA, ledger)
     from .report import render_report
     render_report(out)
     return out
@@ -202,13 +211,14 @@ def run_audit(frozen) -> Path:
     ledger, tables = compute(frozen)
     out = write_reports(frozen, ledger, tables)
     root = Path(frozen.repo_root)
-    outputs = {p.resolve().relative_to(root).as_posix(): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    outputs = {artifacts.repo_relative(p, root): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
     inputs = {}
+    record = frozen.design_record
     for run in frozen.spec["runtime"]["runs"]:
-        run_dir = root / "runs" / frozen.study_id / run["id"]
-        for name in ("units.parquet", "labels.parquet", "manifest.json", "pairs.parquet", "ablations.parquet", "baseline.parquet"):
+        run_dir = run_dir_of(frozen, run["id"])
+        for name in record.run_tables + record.optional_tables:
             if (run_dir / name).exists():
-                inputs[(run_dir / name).relative_to(root).as_posix()] = sha256_file(run_dir / name)
+                inputs[artifacts.repo_relative(run_dir / name, root)] = sha256_file(run_dir / name)
     append_entry(frozen.root, "audit", inputs=inputs, outputs=outputs, access_level="scores_seen", started_utc=started,
                  lock_digest=frozen.lock_digest,
                  details={"claims": {c["hypothesis"]: c["status"] for c in ledger["claims"]},

@@ -17,6 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lockstep.designs import Design
+from stats import Flag
+
 from .analyses import Outcome
 
 _MENTAL = re.compile(r"\b(conscious(ness)?|sentien(t|ce)|subjective|qualia|experienc(e|es|ing)|feel(s|ing|ings)?|"
@@ -58,18 +61,23 @@ def resolve_threshold(name: str, value: float, quantities: dict[str, float]) -> 
     return Criterion(name, value, observed, passed, f"{key} = {observed:.4g} {'≤' if op == '<=' else '≥'} {value:g} required: {'met' if passed else 'not met'}")
 
 
-def scope_lint(claim: str, design: str, evidence_type: str | None) -> list[str]:
-    """Why a claim asks for more than its evidence can give (empty when it does not)."""
+MENTAL_STATE = "mental_state"
+CAUSAL_FROM_NATURAL = "causal_from_natural"
+
+
+def scope_lint(claim: str, design: Design, evidence_type: str | None) -> list[Flag]:
+    """Why a claim asks for more than its evidence can give (empty when it does not), as flags with codes."""
     problems = []
     for match in _MENTAL.finditer(claim):
         if not _NEGATED.search(claim[: match.start()]):
-            problems.append(f"reads unit activity as a mental state ({match.group(0)!r}); routing or ablation data "
-                            "speak of generated text and margins, not of experience")
+            problems.append(Flag(MENTAL_STATE, f"reads unit activity as a mental state ({match.group(0)!r}); routing or "
+                                 "ablation data speak of generated text and margins, not of experience"))
             break
-    natural = (evidence_type or ("natural" if design == "routing" else "intervention")) == "natural"
+    natural = (evidence_type or design.evidence_type) == "natural"
     match = _CAUSAL.search(claim)
     if natural and match and not _NEGATED.search(claim[: match.start()]):
-        problems.append(f"makes a causal claim ({match.group(0)!r}) from natural-routing evidence; necessity needs an intervention")
+        problems.append(Flag(CAUSAL_FROM_NATURAL, f"makes a causal claim ({match.group(0)!r}) from natural-routing evidence; "
+                             "necessity needs an intervention"))
     return problems
 
 
@@ -79,16 +87,22 @@ class Verdict:
     reason: str
     criteria: list[Criterion]
     parameters: list[str]
+    codes: tuple[str, ...] = ()  # codes of the flags behind the status (scope lint, warnings that named it)
 
 
-def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], design: str) -> Verdict:
+# Warnings that make a claim whose primary criterion passed only partly held.
+NAMED_WARNINGS = ("best_not_target",)
+
+
+def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], design: Design) -> Verdict:
     lint = scope_lint(hypothesis["claim"], design, hypothesis.get("evidence_type"))
     criteria, parameters = [], []
     for name in hypothesis["thresholds"]:
         criterion = resolve_threshold(name, thresholds[name], outcome.quantities)
         (criteria.append(criterion) if criterion else parameters.append(name))
     if lint:
-        return Verdict("unsupported", "; ".join(lint), criteria, parameters)
+        return Verdict("unsupported", "; ".join(f.message for f in lint), criteria, parameters,
+                       tuple(f.code for f in lint))
     if outcome.not_established:
         return Verdict("not_established", outcome.not_established, criteria, parameters)
     if hypothesis["direction"] == "none_expected":
@@ -96,10 +110,11 @@ def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], des
     if not outcome.primary_passed:
         return Verdict("fell", f"the primary criterion failed: {outcome.primary_text}", criteria, parameters)
     failed = [c for c in criteria if not c.passed and c.name != "alpha"]
-    named = [w for w in outcome.warnings if w.startswith("the best-separating unit")]
+    named = [w for w in outcome.warnings if w.code in NAMED_WARNINGS]
     if failed or named:
-        why = [c.text for c in failed] + named
-        return Verdict("partly_held", f"the primary criterion passed ({outcome.primary_text}), but " + "; ".join(why), criteria, parameters)
+        why = [c.text for c in failed] + [w.message for w in named]
+        return Verdict("partly_held", f"the primary criterion passed ({outcome.primary_text}), but " + "; ".join(why), criteria,
+                       parameters, tuple(w.code for w in named))
     return Verdict("held", outcome.primary_text + "; every preregistered threshold met", criteria, parameters)
 
 
@@ -126,39 +141,21 @@ EVIDENCE_POINTS = (
 
 def evidence_standard(hypothesis: dict, analysis: dict, outcome: Outcome, study_outcomes: dict[str, Outcome],
                       verdict: Verdict, study) -> list[dict]:
-    """Score the eight points for one claim, each with the fact that met or failed it (None: not applicable)."""
-    if study.design != "routing":
-        return [{"point": n, "name": name, "met": None, "fact": "not applicable to an ablation design"} if n != 8 else
-                {"point": 8, "name": name, "met": "mental state" not in verdict.reason, "fact": "scope lint of the claim text"}
-                for n, name in EVIDENCE_POINTS]
-    zone = analysis.get("zone")
-    unit = analysis.get("unit") or next((t["id"] for t in study.spec["units"]["targets"]), None)
-    same_unit = [(study.analysis(a_id), o) for a_id, o in study_outcomes.items() if study.analysis(a_id).get("unit", unit) == unit]
-    register = [o for a, o in same_unit if a["kind"] == "register_vs_class"]
-    repro = [o for a, o in same_unit if a["kind"] == "reproduction"]
-    anchors = _anchors_matched(study, analysis)
-    spill = outcome.facts.get("spill_tokens")
-    points = {
-        1: (zone in ("generated", "trimmed"), f"scored in the {zone} zone" if zone else "no zone"),
-        2: (unit is not None, f"unit {unit}" if unit else "no named unit"),
-        3: (anchors and outcome.primary_passed, "classes share their lexical anchors and the primary passed" if anchors
-            else "the compared groups do not share lexical anchors"),
-        4: (bool(register and register[0].primary_passed),
-            register[0].primary_text if register else "no register_vs_class analysis of this unit"),
-        5: (bool(repro and repro[0].primary_passed), repro[0].primary_text if repro else "no reproduction analysis of this unit"),
-        6: (zone == "trimmed" or (zone == "generated" and spill == 0),
-            "trimmed before the first trim token" if zone == "trimmed" else f"zone {zone}; {spill} spill tokens in the run"),
-        7: (any(a["kind"] in ("two_group", "wsq_decomposition") for a, _ in same_unit), "W, S and Q tabulated for the unit"),
-        8: (not any("mental state" in r for r in [verdict.reason]), "scope lint of the claim text"),
-    }
-    return [{"point": n, "name": name, "met": bool(points[n][0]), "fact": points[n][1]} for n, name in EVIDENCE_POINTS]
+    """Score the eight points for one claim, each with the fact that met or failed it (None: not applicable).
 
+    Which points apply is the design record's (``evidence_points``); the facts of points 1-7 come from
+    the design's audit module, point 8 is the scope lint of the claim text.
+    """
+    from .designs import audit_design
 
-def _anchors_matched(study, analysis: dict) -> bool:
-    groups = analysis.get("groups") or ({"by": "prompt_class", **analysis["classes"]} if "classes" in analysis else {})
-    if groups.get("by") != "prompt_class":
-        return False
-    split = analysis.get("split")
-    a = {w.casefold() for p in study.prompts_in(split, groups["a"]) for w in p.get("anchors", [])}
-    b = {w.casefold() for p in study.prompts_in(split, groups["b"]) for w in p.get("anchors", [])}
-    return bool(a & b)
+    record = study.design_record
+    facts = audit_design(study.design).evidence_facts(hypothesis, analysis, outcome, study_outcomes, study)
+    facts[8] = (MENTAL_STATE not in verdict.codes, "scope lint of the claim text")
+    out = []
+    for n, name in EVIDENCE_POINTS:
+        if n not in record.evidence_points:
+            out.append({"point": n, "name": name, "met": None, "fact": f"not applicable to a {record.name} design"})
+        else:
+            met, fact = facts[n]
+            out.append({"point": n, "name": name, "met": bool(met), "fact": fact})
+    return out

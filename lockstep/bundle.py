@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from . import artifacts
 from .errors import UsageError
 from .fsio import atomic_write
 from .lock import study_dir_iv
@@ -25,8 +26,8 @@ def write_bundle(study_dir: Path, out: Path | None = None) -> Path:
     study_dir = study_dir_iv(study_dir)
     root = repo_root(study_dir)
     study_id = study_dir.name
-    out = Path(out) if out else root / "reports" / study_id / f"{study_id}{SUFFIX}"
-    members = [study_dir, root / "runs" / study_id, root / "reports" / study_id]
+    out = Path(out) if out else artifacts.reports_dir(root, study_id) / f"{study_id}{SUFFIX}"
+    members = [study_dir, artifacts.default_runs_root(root) / study_id, artifacts.reports_dir(root, study_id)]
     sink = io.BytesIO()
     with tarfile.open(fileobj=sink, mode="w:gz") as tar:
         for folder in members:

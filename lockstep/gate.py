@@ -40,7 +40,7 @@ def require_frozen(study_dir: Path, *, allow_draft: bool = False) -> FrozenStudy
     lock_digest = ctx.amendments[-1]["lock_digest"] if ctx.amendments else ctx.lock["lock_digest"]
     return FrozenStudy(
         root=study.root, study_id=study.study_id, design=study.design, spec=study.spec, prompts=study.prompts,
-        rubric=study.rubric, thresholds=study.thresholds, files=study.files,
+        rubric=study.rubric, thresholds=study.thresholds, files=study.files, analyses=study.analyses,
         lock_digest=lock_digest, base_lock_digest=ctx.lock["lock_digest"], repo_root=ctx.root,
         journal=ctx.journal, amendments=tuple(ctx.amendments),
     )

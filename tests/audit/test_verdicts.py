@@ -6,6 +6,8 @@ import pytest
 
 from audit.analyses import Outcome
 from audit.verdicts import decide, resolve_threshold, scope_lint
+from lockstep.designs import ABLATION, ROUTING
+from stats import Flag
 
 THRESHOLDS = {"alpha": 0.05, "min_ratio": 5.0, "min_cohen_d": 1.0, "max_target_rank": 1, "control_drop_floor_logits": 0.05,
               "min_mean_drop_logits": 1.5, "reproduction_ratio_tolerance": 0.5}
@@ -24,33 +26,43 @@ def outcome(p=0.001, ratio=21.68, d=2.94, passed=True, **extra):
 
 def test_held_when_primary_and_every_threshold_pass():
     # the routing journal's heldout run: ratio 21.68, d 2.94
-    verdict = decide(hypothesis(), outcome(), THRESHOLDS, "routing")
+    verdict = decide(hypothesis(), outcome(), THRESHOLDS, ROUTING)
     assert verdict.status == "held"
     assert [(c.name, c.passed) for c in verdict.criteria] == [("alpha", True), ("min_ratio", True), ("min_cohen_d", True)]
 
 
 def test_partly_held_names_the_failed_secondary():
-    verdict = decide(hypothesis(), outcome(ratio=3.2), THRESHOLDS, "routing")
+    verdict = decide(hypothesis(), outcome(ratio=3.2), THRESHOLDS, ROUTING)
     assert verdict.status == "partly_held"
     assert "ratio = 3.2 ≥ 5 required: not met" in verdict.reason
 
 
 def test_partly_held_when_the_target_is_not_the_best_unit():
     out = outcome()
-    out.warnings.append("the best-separating unit is L26E114, not the target L14E114")
-    verdict = decide(hypothesis(), out, THRESHOLDS, "routing")
+    out.warnings.append(Flag("best_not_target", "the best-separating unit is L26E114, not the target L14E114"))
+    verdict = decide(hypothesis(), out, THRESHOLDS, ROUTING)
     assert verdict.status == "partly_held" and "L26E114" in verdict.reason
+    assert verdict.codes == ("best_not_target",)
+
+
+def test_rules_read_codes_not_the_wording_of_a_warning():
+    reworded = outcome()
+    reworded.warnings.append(Flag("best_not_target", "L26E114 separates the classes better than L14E114"))
+    assert decide(hypothesis(), reworded, THRESHOLDS, ROUTING).status == "partly_held"
+    lookalike = outcome()
+    lookalike.warnings.append(Flag("empty_zone", "the best-separating unit is a phrase inside another warning"))
+    assert decide(hypothesis(), lookalike, THRESHOLDS, ROUTING).status == "held"
 
 
 def test_fell_when_the_primary_fails():
-    verdict = decide(hypothesis(), outcome(p=0.4, passed=False), THRESHOLDS, "routing")
+    verdict = decide(hypothesis(), outcome(p=0.4, passed=False), THRESHOLDS, ROUTING)
     assert verdict.status == "fell" and verdict.reason.startswith("the primary criterion failed")
 
 
 def test_not_established_when_data_are_missing():
     out = outcome()
     out.not_established = "too few prompts: 1 in FIRE and 9 in NOFIRE (need 2 each)"
-    assert decide(hypothesis(), out, THRESHOLDS, "routing").status == "not_established"
+    assert decide(hypothesis(), out, THRESHOLDS, ROUTING).status == "not_established"
 
 
 @pytest.mark.parametrize("claim", [
@@ -59,20 +71,20 @@ def test_not_established_when_data_are_missing():
     "E114 recognises itself in routing data.",
 ])
 def test_unsupported_when_the_claim_reads_activity_as_a_mental_state(claim):
-    verdict = decide(hypothesis(claim), outcome(), THRESHOLDS, "routing")
+    verdict = decide(hypothesis(claim), outcome(), THRESHOLDS, ROUTING)
     assert verdict.status == "unsupported" and "mental state" in verdict.reason
 
 
 def test_unsupported_when_natural_routing_backs_a_causal_claim():
-    verdict = decide(hypothesis("L14E114 is causally necessary for the register."), outcome(), THRESHOLDS, "routing")
+    verdict = decide(hypothesis("L14E114 is causally necessary for the register."), outcome(), THRESHOLDS, ROUTING)
     assert verdict.status == "unsupported" and "necessity needs an intervention" in verdict.reason
     # the same words on intervention evidence are in scope
-    assert decide(hypothesis("Ablating the cluster causes the margin to drop."), outcome(), THRESHOLDS, "ablation").status == "held"
+    assert decide(hypothesis("Ablating the cluster causes the margin to drop."), outcome(), THRESHOLDS, ABLATION).status == "held"
 
 
 def test_the_lint_respects_negation():
-    assert scope_lint("L14E114 tracks a generated register, not subjective experience.", "routing", None) == []
-    assert scope_lint("is associated with a generated first-person self-examination register", "routing", None) == []
+    assert scope_lint("L14E114 tracks a generated register, not subjective experience.", ROUTING, None) == []
+    assert scope_lint("is associated with a generated first-person self-examination register", ROUTING, None) == []
 
 
 def test_threshold_names_resolve_to_quantities_or_parameters():
@@ -87,13 +99,13 @@ def test_threshold_names_resolve_to_quantities_or_parameters():
 
 
 def test_a_parameter_is_listed_not_passed():
-    verdict = decide(hypothesis(thresholds=("alpha", "control_drop_floor_logits")), outcome(), THRESHOLDS, "routing")
+    verdict = decide(hypothesis(thresholds=("alpha", "control_drop_floor_logits")), outcome(), THRESHOLDS, ROUTING)
     assert verdict.parameters == ["control_drop_floor_logits"] and [c.name for c in verdict.criteria] == ["alpha"]
 
 
 def test_none_expected_holds_without_separation_and_falls_with_it():
     flat = outcome(p=0.6, ratio=1.1, passed=False, prefill_ratio=1.1)
     h = hypothesis("Prefill W does not separate FIRE from NOFIRE.", ("alpha", "max_prefill_ratio"), "none_expected")
-    assert decide(h, flat, THRESHOLDS | {"max_prefill_ratio": 2.0}, "routing").status == "held"
+    assert decide(h, flat, THRESHOLDS | {"max_prefill_ratio": 2.0}, ROUTING).status == "held"
     steep = outcome(p=0.001, ratio=6.0, prefill_ratio=6.0)
-    assert decide(h, steep, THRESHOLDS | {"max_prefill_ratio": 2.0}, "routing").status == "fell"
+    assert decide(h, steep, THRESHOLDS | {"max_prefill_ratio": 2.0}, ROUTING).status == "fell"

@@ -1,0 +1,307 @@
+"""The routing design in the audit: a captured run's tables, the routing analyses, and the facts behind
+the evidence standard.
+
+``read_run`` reads ``texts.parquet`` (with the frozen labels) and ``units.parquet``; the analyses compare
+W, S or Q of a unit between prompt classes or register labels (``two_group``), race every unit of the
+model (``all_unit_baseline``, max-T), repeat a comparison in a second run (``reproduction``), model the
+register against the prompt class (``register_vs_class``), and split a W difference into its S and Q
+parts (``wsq_decomposition``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+import stats
+from lockstep import artifacts
+from lockstep.units import parse_unit_id, unit_id
+
+from ..analyses import Outcome, Settings, direction_ok, flag_warnings, record_baseline, warn
+
+
+@dataclass(frozen=True)
+class RunData:
+    run_id: str
+    run_dir: Path
+    manifest: dict
+    prompts: pd.DataFrame  # prompt_id, prompt_class, split, register_label, n_<zone>, spill
+    units: pd.DataFrame     # long: prompt_id, layer, expert, zone, n_tokens, n_selected, S, Q, W
+
+    def matrix(self, zone: str, metric: str, prompt_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Prompt × unit matrix of ``metric`` in ``zone`` (rows in ``prompt_ids`` order; unit ids LxEy)."""
+        frame = self.units[self.units["zone"] == zone]
+        wide = frame.pivot(index="prompt_id", columns=["layer", "expert"], values=metric)
+        wide = wide.reindex(index=prompt_ids).sort_index(axis=1)
+        ids = [unit_id(layer, expert, "E") for layer, expert in wide.columns]
+        return wide.to_numpy(dtype=float), ids
+
+
+def read_run(run_id: str, run_dir: Path) -> RunData:
+    manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())
+    texts = pq.read_table(run_dir / artifacts.TEXTS, columns=["prompt_id", "class", "split", "n_prefill", "n_generated",
+                                                              "n_trimmed", "n_spill"]).to_pandas()
+    labels = pq.read_table(run_dir / artifacts.LABELS, columns=["prompt_id", "label"]).to_pandas()
+    prompts = texts.rename(columns={"class": "prompt_class"}).merge(
+        labels.rename(columns={"label": "register_label"}), on="prompt_id", how="left")
+    units = pq.read_table(run_dir / artifacts.UNITS).to_pandas()
+    return RunData(run_id, run_dir, manifest, prompts.sort_values("prompt_id").reset_index(drop=True), units)
+
+
+def _groups(run: RunData, analysis: dict, split: str | None) -> tuple[pd.DataFrame, np.ndarray]:
+    prompts = run.prompts if split is None else run.prompts[run.prompts["split"] == split]
+    column = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
+    keep = prompts[column].isin([analysis["groups"]["a"], analysis["groups"]["b"]])
+    prompts = prompts[keep].reset_index(drop=True)
+    return prompts, (prompts[column] == analysis["groups"]["a"]).to_numpy()
+
+
+def _exclude_empty(run: RunData, prompts: pd.DataFrame, zone: str, out: Outcome) -> pd.DataFrame:
+    count = prompts[f"n_{zone}"] if f"n_{zone}" in prompts else None
+    if count is None:
+        return prompts
+    empty = prompts[count == 0]
+    if len(empty):
+        warn(out, "empty_zone", f"{len(empty)} prompt(s) excluded for an empty {zone} zone: {', '.join(empty['prompt_id'])}")
+    return prompts[count > 0].reset_index(drop=True)
+
+
+def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outcome, unit: str, suffix: str = "") -> bool:
+    prompts, group = _groups(run, analysis, analysis.get("split"))
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    group = (prompts["prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"] == analysis["groups"]["a"]).to_numpy()
+    x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
+    if unit not in ids:
+        out.not_established = f"unit {unit} is not in the captured run {run.run_id} (the model has {len(ids)} units)"
+        return False
+    values = x[:, ids.index(unit)]
+    finite = np.isfinite(values)
+    if (~finite).any():
+        warn(out, "never_selected", f"{int((~finite).sum())} prompt(s) have no {analysis['metric']} for {unit} (never selected) and are left out")
+    values, group, prompts = values[finite], group[finite], prompts[finite].reset_index(drop=True)
+    n_a, n_b = int(group.sum()), int((~group).sum())
+    if min(n_a, n_b) < 2:
+        out.not_established = f"too few prompts: {n_a} in {analysis['groups']['a']} and {n_b} in {analysis['groups']['b']} (need 2 each)"
+        return False
+    rng = np.random.default_rng(settings.seed)
+    effect = stats.compare_groups(values[group], values[~group], ids_a=list(prompts["prompt_id"][group]),
+                                  ids_b=list(prompts["prompt_id"][~group]), n_boot=settings.n_boot, rng=rng)
+    test = stats.permutation_test(values, group, statistic=analysis["statistic"],
+                                  alternative=analysis["tails"], n_resamples=settings.n_resamples,
+                                  exact_cap=settings.exact_cap, rng=np.random.default_rng(settings.seed))
+    p = float(test.pvalue)
+    out.quantities.update({f"p{suffix}": p, f"ratio{suffix}": effect.ratio, f"cohen_d{suffix}": effect.cohen_d,
+                           f"hedges_g{suffix}": effect.hedges_g, f"auc{suffix}": effect.auc, f"mean_diff{suffix}": effect.mean_diff})
+    out.numbers.update({f"{k}{suffix}": v for k, v in {
+        "n_a": n_a, "n_b": n_b, "mean_a": effect.mean_a, "mean_b": effect.mean_b, "ratio": effect.ratio,
+        "ratio_ci_low": effect.ratio_ci[0], "ratio_ci_high": effect.ratio_ci[1], "cohen_d": effect.cohen_d,
+        "cohen_d_ci_low": effect.cohen_d_ci[0], "cohen_d_ci_high": effect.cohen_d_ci[1], "hedges_g": effect.hedges_g,
+        "auc": effect.auc, "p_value": p, "exact": bool(test.exact),
+        "n_relabelings": math.comb(n_a + n_b, n_a) if test.exact else int(test.n_resamples),
+        "ranges_overlap": bool(effect.ranges_overlap)}.items()})
+    crossing = set(effect.crossing_a) | set(effect.crossing_b)
+    frame = pd.DataFrame({"analysis_id": analysis["id"], "unit": unit, "run": run.run_id, "zone": analysis["zone"],
+                          "metric": analysis["metric"], "prompt_id": prompts["prompt_id"], "prompt_class": prompts["prompt_class"],
+                          "register_label": prompts["register_label"], "value": values,
+                          "crosses": prompts["prompt_id"].isin(crossing)})
+    out.tables.setdefault("target_values", pd.DataFrame())
+    out.tables["target_values"] = pd.concat([out.tables["target_values"], frame], ignore_index=True)
+    if test.null_distribution is not None and not suffix:
+        out.tables["null_distribution"] = pd.DataFrame({"analysis_id": analysis["id"], "value": np.asarray(test.null_distribution).ravel()})
+        out.numbers["observed_statistic"] = float(test.statistic)
+    passed = p <= settings.alpha and direction_ok(effect.mean_diff, analysis["tails"])
+    out.facts["spill_tokens"] = int(run.prompts["n_spill"].sum())
+    return passed
+
+
+def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "two_group")
+    run = runs(analysis["run"])
+    passed = _two_group_core(run, analysis, settings, out, analysis["unit"])
+    if out.not_established:
+        return out
+    out.primary_passed = passed
+    g = analysis["groups"]
+    out.primary_text = (f"{analysis['unit']} {analysis['metric']} in the {analysis['zone']} zone, {g['a']} vs {g['b']}: "
+                        f"mean {out.numbers['mean_a']:.4g} vs {out.numbers['mean_b']:.4g}, permutation p = {out.quantities['p']:.4g} "
+                        f"({analysis['tails']}; {'exact' if out.numbers['exact'] else 'Monte Carlo'}, "
+                        f"{out.numbers['n_relabelings']} relabelings) against alpha {settings.alpha}")
+    _wsq_table(run, analysis, out)
+    return out
+
+
+def _wsq_table(run: RunData, analysis: dict, out: Outcome) -> None:
+    prompts, group = _groups(run, analysis, analysis.get("split"))
+    rows = []
+    for label, mask in ((analysis["groups"]["a"], group), (analysis["groups"]["b"], ~group)):
+        row = {"analysis_id": analysis["id"], "unit": analysis["unit"], "group": label}
+        for metric in ("W", "S", "Q"):
+            x, ids = run.matrix(analysis["zone"], metric, list(prompts["prompt_id"][mask]))
+            row[metric] = float(np.nanmean(x[:, ids.index(analysis["unit"])])) if mask.any() else float("nan")
+        rows.append(row)
+    out.tables["wsq"] = pd.DataFrame(rows)
+
+
+def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "all_unit_baseline")
+    run = runs(analysis["run"])
+    prompts, _ = _groups(run, analysis, analysis.get("split"))
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    column = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
+    group = (prompts[column] == analysis["groups"]["a"]).to_numpy()
+    if min(group.sum(), (~group).sum()) < 2:
+        out.not_established = f"too few prompts in a group ({int(group.sum())} vs {int((~group).sum())})"
+        return out
+    x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
+    targets = [t["id"] for t in frozen.spec["units"]["targets"] if t["id"] in ids]
+    target = analysis.get("unit") or (targets[0] if targets else None)
+    if target is None or target not in ids:
+        out.not_established = f"the target unit is not among the {len(ids)} captured units"
+        return out
+    x = np.nan_to_num(x, nan=0.0) if analysis["metric"] in ("W", "S") else x
+    result = stats.all_unit_baseline(x, group, unit_ids=ids, target=target, statistic=analysis["statistic"],
+                                     alternative=analysis["tails"], n_resamples=settings.n_resamples,
+                                     exact_cap=settings.exact_cap, alpha=settings.alpha,
+                                     rng=np.random.default_rng(settings.seed), dtype=np.float64, nan_policy="drop_units")
+    layers_idx = [parse_unit_id(u) for u in ids]
+    record_baseline(out, analysis, result, ids, target, targets, settings, "units",
+                     {"layer": [l for l, _, _ in layers_idx], "index": [i for _, _, i in layers_idx]})
+    return out
+
+
+def reproduction(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "reproduction")
+    first, second = analysis["runs"]
+    ok_first = _two_group_core(runs(first), analysis, settings, out, analysis["unit"], suffix=f"_{first}")
+    if out.not_established:
+        return out
+    ok_second = _two_group_core(runs(second), analysis, settings, out, analysis["unit"], suffix=f"_{second}")
+    if out.not_established:
+        return out
+    r1, r2 = out.quantities[f"ratio_{first}"], out.quantities[f"ratio_{second}"]
+    d1, d2 = out.quantities[f"cohen_d_{first}"], out.quantities[f"cohen_d_{second}"]
+    # how far apart the two ratios are, as a fraction: exp(|ln(r2/r1)|) - 1 (0.5: within a factor of 1.5)
+    rel = float(np.expm1(abs(np.log(r2 / r1)))) if r1 > 0 and r2 > 0 and np.isfinite(r1 * r2) else float("inf")
+    out.quantities.update({"p": max(out.quantities[f"p_{first}"], out.quantities[f"p_{second}"]), "ratio": r2,
+                           "cohen_d": d2, "reproduction_ratio": rel, "reproduction_d": abs(d2 - d1)})
+    out.numbers.update({"ratio_relative_change": rel, "d_abs_change": abs(d2 - d1)})
+    out.primary_passed = ok_first and ok_second
+    out.primary_text = (f"{analysis['unit']}: {first} ratio {r1:.4g} (d {d1:.3g}, p {out.quantities[f'p_{first}']:.3g}); "
+                        f"{second} ratio {r2:.4g} (d {d2:.3g}, p {out.quantities[f'p_{second}']:.3g}); both must pass alpha {settings.alpha}")
+    out.facts["reproduced_runs"] = [first, second]
+    return out
+
+
+def register_vs_class(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "register_vs_class")
+    run = runs(analysis["run"])
+    prompts = run.prompts if "split" not in analysis else run.prompts[run.prompts["split"] == analysis["split"]]
+    prompts = prompts[prompts["prompt_class"].isin(analysis["classes"].values())].reset_index(drop=True)
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
+    if analysis["unit"] not in ids:
+        out.not_established = f"unit {analysis['unit']} is not in the captured run"
+        return out
+    values = x[:, ids.index(analysis["unit"])]
+    register = np.where(prompts["register_label"] == analysis["register"]["target"], "target", "other")
+    if len(prompts) < 4:
+        out.not_established = f"too few prompts ({len(prompts)}) for a model of register and class"
+        return out
+    result = stats.register_analysis(values, prompts["prompt_class"].to_numpy(), register,
+                                     target_class=analysis["classes"]["a"], target_register="target",
+                                     ids=list(prompts["prompt_id"]))
+    coef = result.coefficients.set_index("term")
+    reg, cls = coef.loc["register"], coef.loc["prompt_class"]
+    cells = result.cells.rename(columns={"register": "register_label"})
+    cells["register_label"] = cells["register_label"].map({"target": analysis["register"]["target"], "other": analysis["register"]["other"]}).fillna(cells["register_label"])
+    cells.insert(0, "analysis_id", analysis["id"])
+    out.tables["class_register"] = cells
+    out.numbers.update({"register_effect": float(reg["estimate"]), "register_ci_low": float(reg["ci_low"]),
+                        "register_ci_high": float(reg["ci_high"]), "register_p": float(reg["pvalue"]),
+                        "class_effect": float(cls["estimate"]), "class_ci_low": float(cls["ci_low"]),
+                        "class_ci_high": float(cls["ci_high"]), "class_p": float(cls["pvalue"]),
+                        "crossing_prompts": ", ".join(map(str, result.crossing["item"])) if len(result.crossing) else ""})
+    out.quantities.update({"p": float(reg["pvalue"]), "register_effect": float(reg["estimate"]), "class_effect": float(cls["estimate"])})
+    flag_warnings(out, result.flags)
+    if not np.isfinite(reg["pvalue"]):
+        out.not_established = "register and prompt class are confounded (no prompt left its class's register), so the model cannot separate them"
+        return out
+    out.primary_passed = reg["pvalue"] <= settings.alpha and reg["estimate"] > 0
+    out.primary_text = (f"{analysis['unit']} {analysis['metric']} ~ register + class: register effect {reg['estimate']:.4g} "
+                        f"[{reg['ci_low']:.3g}, {reg['ci_high']:.3g}], p = {reg['pvalue']:.3g}; class effect {cls['estimate']:.4g} "
+                        f"[{cls['ci_low']:.3g}, {cls['ci_high']:.3g}]")
+    out.facts["register_separated"] = bool(out.primary_passed)
+    return out
+
+
+def wsq_decomposition(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
+    out = Outcome(analysis["id"], "wsq_decomposition")
+    run = runs(analysis["run"])
+    prompts, group = _groups(run, analysis, analysis.get("split"))
+    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    group = (prompts["prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"] == analysis["groups"]["a"]).to_numpy()
+    s, ids = run.matrix(analysis["zone"], "S", list(prompts["prompt_id"]))
+    q, _ = run.matrix(analysis["zone"], "Q", list(prompts["prompt_id"]))
+    if analysis["unit"] not in ids:
+        out.not_established = f"unit {analysis['unit']} is not in the captured run"
+        return out
+    j = ids.index(analysis["unit"])
+    result = stats.wsq_decomposition(s[:, j], q[:, j], group, n_boot=settings.n_boot, rng=np.random.default_rng(settings.seed))
+    share = float(result.s_part / result.delta_w) if result.delta_w else float("nan")
+    out.quantities.update({"s_share": share})
+    out.numbers.update({"carrier": result.carrier, "delta_w": float(result.delta_w), "s_part": float(result.s_part), "s_share": share,
+                        "s_a": float(result.s_a), "s_b": float(result.s_b), "q_a": float(result.q_a), "q_b": float(result.q_b)})
+    out.primary_passed = bool(np.isfinite(share))
+    out.primary_text = f"{analysis['unit']}: ΔW = {result.delta_w:.4g}, of which the S part is {share:.0%}; carrier: {result.carrier}"
+    _wsq_table(run, {**analysis, "metric": "W"}, out)
+    return out
+
+
+ANALYSES = {
+    "two_group": two_group,
+    "all_unit_baseline": all_unit_baseline,
+    "reproduction": reproduction,
+    "register_vs_class": register_vs_class,
+    "wsq_decomposition": wsq_decomposition,
+}
+
+
+def evidence_facts(hypothesis: dict, analysis: dict, outcome: Outcome, study_outcomes: dict[str, Outcome],
+                   study) -> dict[int, tuple[bool, str]]:
+    """Points 1-7 of the evidence standard for one claim, each with the fact that met or failed it."""
+    zone = analysis.get("zone")
+    unit = analysis.get("unit") or next((t["id"] for t in study.spec["units"]["targets"]), None)
+    same_unit = [(study.analysis(a_id), o) for a_id, o in study_outcomes.items() if study.analysis(a_id).get("unit", unit) == unit]
+    register = [o for a, o in same_unit if a["kind"] == "register_vs_class"]
+    repro = [o for a, o in same_unit if a["kind"] == "reproduction"]
+    anchors = _anchors_matched(study, analysis)
+    spill = outcome.facts.get("spill_tokens")
+    return {
+        1: (zone in ("generated", "trimmed"), f"scored in the {zone} zone" if zone else "no zone"),
+        2: (unit is not None, f"unit {unit}" if unit else "no named unit"),
+        3: (anchors and outcome.primary_passed, "classes share their lexical anchors and the primary passed" if anchors
+            else "the compared groups do not share lexical anchors"),
+        4: (bool(register and register[0].primary_passed),
+            register[0].primary_text if register else "no register_vs_class analysis of this unit"),
+        5: (bool(repro and repro[0].primary_passed), repro[0].primary_text if repro else "no reproduction analysis of this unit"),
+        6: (zone == "trimmed" or (zone == "generated" and spill == 0),
+            "trimmed before the first trim token" if zone == "trimmed" else f"zone {zone}; {spill} spill tokens in the run"),
+        7: (any(a["kind"] in ("two_group", "wsq_decomposition") for a, _ in same_unit), "W, S and Q tabulated for the unit"),
+    }
+
+
+def _anchors_matched(study, analysis: dict) -> bool:
+    groups = analysis.get("groups") or ({"by": "prompt_class", **analysis["classes"]} if "classes" in analysis else {})
+    if groups.get("by") != "prompt_class":
+        return False
+    split = analysis.get("split")
+    a = {w.casefold() for p in study.prompts_in(split, groups["a"]) for w in p.get("anchors", [])}
+    b = {w.casefold() for p in study.prompts_in(split, groups["b"]) for w in p.get("anchors", [])}
+    return bool(a & b)
