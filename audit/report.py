@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from audit import _plots as plots
+from lockstep.designs import DESIGNS as REGISTERED_DESIGNS
+from lockstep.designs import design_of
 from lockstep.errors import Problem, SchemaError, UsageError
 from lockstep.fsio import atomic_write
 
@@ -39,7 +41,7 @@ REPORT_NAME = "report.html"
 CLAIM_STATUSES = ("held", "partly_held", "fell", "unsupported", "not_established")
 RUN_STATUSES = ("pass", "pass_with_warnings", "fail")
 REVIEW_STATUSES = ("pending_review", "approved")
-DESIGNS = ("routing", "ablation")
+DESIGNS = tuple(sorted(REGISTERED_DESIGNS))
 
 #: Columns each table must have (extra columns are ignored).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -273,7 +275,7 @@ class _Page:
             self._section_class_register(),
             self._section_wsq(),
         ]
-        if self.ledger.get("design") == "ablation" or self.tables.get("ablation_pairs") is not None:
+        if design_of(self.ledger["design"]).unit_kind == "head" or self.tables.get("ablation_pairs") is not None:
             figures.append(self._section_ablation())
         body = [
             self._banner(),
@@ -555,7 +557,7 @@ class _Page:
 
     def _section_heatmap(self) -> tuple[str, str, str]:
         frame = self.tables.get("baseline")
-        index_name = "head" if self.ledger.get("design") == "ablation" else "expert"
+        index_name = design_of(self.ledger["design"]).unit_kind
         parts = []
         for analysis in ([] if frame is None else _analyses(frame)):
             sub = frame[frame["analysis_id"] == analysis]

@@ -154,7 +154,8 @@ def evidence_standard(hypothesis: dict, analysis: dict, outcome: Outcome, study_
     out = []
     for n, name in EVIDENCE_POINTS:
         if n not in record.evidence_points:
-            out.append({"point": n, "name": name, "met": None, "fact": f"not applicable to a {record.name} design"})
+            article = "an" if record.name[:1] in "aeiou" else "a"
+            out.append({"point": n, "name": name, "met": None, "fact": f"not applicable to {article} {record.name} design"})
         else:
             met, fact = facts[n]
             out.append({"point": n, "name": name, "met": bool(met), "fact": fact})

@@ -200,3 +200,43 @@ def test_resume_refuses_a_changed_configuration(demo_capture, models_root, tmp_p
     with pytest.raises(CaptureError, match="interrupted run with a different configuration"):
         run_capture(frozen, run_ids=["greedy"], runs_root=tmp_path, progress=False, allow_deviation=True,
                     overrides={"batch_size": 2})
+
+
+def test_runs_root_and_the_plan_in_force_carry_through_label_audit_and_verify(tmp_path, models_root):
+    """capture --runs-root elsewhere: label, audit and verify find the runs where the journal says; the
+    capture entry records the digests of the plan in force (after an amendment), not of the base files."""
+    from audit.chain import verify_target
+    from audit.cli import audit as audit_command
+    from audit.cli import label as label_command
+    from lockstep.freeze import freeze_amendment, start_amendment
+    from lockstep.verify import exit_code_of
+    from studyrepo import commit_all
+
+    repo = tmp_path / "repo"
+    study = frozen_repo(repo)
+    folder = start_amendment(study, replaces=["thresholds.yaml"], reason="a stricter ratio", seen="nothing_run")
+    (folder / "thresholds.yaml").write_text((folder / "thresholds.yaml").read_text().replace("value: 2.0", "value: 2.5"))
+    commit_all(repo, "amend")
+    freeze_amendment(study)
+    commit_all(repo, "freeze amendment")
+    elsewhere = tmp_path / "scratch" / "runs"
+    _share_models(models_root, elsewhere)
+    runner = CliRunner()
+    result = runner.invoke(capture_command, [str(study), "--runs-root", str(elsewhere), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert not (repo / "runs" / "demo").exists()
+    entry = read_journal(study).entries[-1]
+    amended = folder / "thresholds.yaml"
+    assert entry["inputs"]["preregistrations/demo/amendments/001/thresholds.yaml"] == sha256_file(amended)
+    assert "preregistrations/demo/thresholds.yaml" not in entry["inputs"]  # the base file is not the plan in force
+    assert "preregistrations/demo/amendments/001/amendment.lock.json" in entry["inputs"]
+    assert entry["details"]["runs_root"] == elsewhere.resolve().as_posix()
+    for command in (label_command, audit_command):
+        result = runner.invoke(command, [str(study)])
+        assert result.exit_code == 0, result.output
+    assert (elsewhere / "demo" / "greedy" / "labels.parquet").is_file()
+    ledger = json.loads((repo / "reports" / "demo" / "ledger.json").read_text())
+    assert {c["status"] for c in ledger["claims"]} <= {"held", "partly_held", "fell", "not_established", "unsupported"}
+    results = verify_target(study)
+    assert exit_code_of(results) == 0, [r for r in results if not r.ok]
+    assert any("equals the one recomputed" in r.message for r in results)  # the ledger was recomputed from the runs elsewhere
