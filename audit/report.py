@@ -31,6 +31,8 @@ import pandas as pd
 from audit import _plots as plots
 from lockstep.designs import DESIGNS as REGISTERED_DESIGNS
 from lockstep.designs import design_of
+from lockstep.records import LEDGER as LEDGER_SCHEMA
+from lockstep.records import record_problems
 from lockstep.errors import Problem, SchemaError, UsageError
 from lockstep.fsio import atomic_write
 
@@ -149,46 +151,8 @@ def _load_inputs(report_dir: Path) -> _Inputs:
 
 
 def _ledger_problems(ledger: Any) -> list[Problem]:
-    """Check the parts of ``ledger.json`` the report relies on; list every problem."""
-    out: list[Problem] = []
-
-    def bad(pointer: str, message: str) -> None:
-        out.append(Problem("ledger.json", pointer, message))
-
-    if not isinstance(ledger, dict):
-        bad("", "must be a JSON object")
-        return out
-    if ledger.get("schema_version") != 1:
-        bad("/schema_version", f"must be 1, found {ledger.get('schema_version')!r}")
-    for key in ("study_id", "title"):
-        if not isinstance(ledger.get(key), str):
-            bad(f"/{key}", "must be a string")
-    if ledger.get("design") not in DESIGNS:
-        bad("/design", f"must be one of {', '.join(DESIGNS)}, found {ledger.get('design')!r}")
-    for key in ("deviations", "amendments", "runs", "claims"):
-        if not isinstance(ledger.get(key, []), list):
-            bad(f"/{key}", "must be a list")
-    if not isinstance(ledger.get("claims"), list):
-        bad("/claims", "must be a list of claims")
-        return out
-    for i, claim in enumerate(ledger["claims"]):
-        where = f"/claims/{i}"
-        if not isinstance(claim, dict):
-            bad(where, "must be an object")
-            continue
-        if not isinstance(claim.get("hypothesis"), str):
-            bad(f"{where}/hypothesis", "must be a string such as 'H1'")
-        if claim.get("status") not in CLAIM_STATUSES:
-            bad(f"{where}/status", f"must be one of {', '.join(CLAIM_STATUSES)}, found {claim.get('status')!r}")
-        if claim.get("review_status", "pending_review") not in REVIEW_STATUSES:
-            bad(f"{where}/review_status", f"must be one of {', '.join(REVIEW_STATUSES)}")
-        for j, point in enumerate(claim.get("evidence_standard", []) or []):
-            if not isinstance(point, dict) or point.get("met") not in (True, False, None):
-                bad(f"{where}/evidence_standard/{j}/met", "must be true, false or null")
-    for i, run in enumerate(ledger.get("runs", []) or []):
-        if not isinstance(run, dict) or run.get("status") not in RUN_STATUSES:
-            bad(f"/runs/{i}/status", f"must be one of {', '.join(RUN_STATUSES)}")
-    return out
+    """Every way ``ledger.json`` breaks its published schema (the one check the audit ran when it wrote it)."""
+    return record_problems(LEDGER_SCHEMA, ledger, "ledger.json")
 
 
 # ============================================================================================

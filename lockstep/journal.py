@@ -19,6 +19,7 @@ from . import __version__
 from .errors import ChainBroken, StageRefused
 from .fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, utc_now
 from .provenance import git_info
+from .records import JOURNAL_ENTRY, check_record, record_problems
 
 JOURNAL = "JOURNAL.jsonl"
 HEAD = "JOURNAL.head.json"
@@ -62,6 +63,10 @@ def read_journal(study_dir: Path) -> Journal:
             raise ChainBroken(f"{where}: not valid JSON ({exc})", hint="the journal is append-only; restore it from git") from exc
         if canonical_json(entry) != line:
             raise ChainBroken(f"{where}: the entry is not in canonical form, so it was edited", hint="restore the journal from git")
+        problems = record_problems(JOURNAL_ENTRY, entry, where)
+        if problems:
+            raise ChainBroken(f"{where}: the entry does not follow schemas/journal-entry.schema.json "
+                              f"({problems[0].pointer or '/'}: {problems[0].message})", hint="restore the journal from git")
         if entry.get("seq") != seq:
             raise ChainBroken(f"{where}: seq is {entry.get('seq')!r}, expected {seq} (an entry was removed or reordered)")
         if entry.get("prev_sha256") != prev:
@@ -134,6 +139,8 @@ def append_entry(study_dir: Path, stage: str, *, inputs: dict[str, str], outputs
         }
         if details:
             entry["details"] = details
+        check_record(JOURNAL_ENTRY, entry, f"{study_dir / JOURNAL} (entry {entry['seq']})",
+                     hint="a lockstep bug: a stage is about to journal an entry its schema refuses")
         line = canonical_json(entry)
         atomic_write(study_dir / JOURNAL, b"".join(l + b"\n" for l in journal.lines) + line + b"\n")
         atomic_write(study_dir / HEAD, pretty_json({"length": len(journal.lines) + 1, "last_sha256": sha256_bytes(line)}))

@@ -45,11 +45,29 @@ def schema_names() -> list[str]:
     return sorted(p.name.removesuffix(".schema.json") for p in folder.iterdir() if p.name.endswith(".schema.json"))
 
 
-def check_record(name: str, data, where: str, *, hint: str | None = None) -> None:
-    """Raise SchemaError listing every way ``data`` breaks ``schemas/<name>.schema.json`` (``where``: its file)."""
+def describe(error) -> str:
+    """A jsonschema error in the words lockstep reports it with."""
+    if error.validator == "additionalProperties":
+        return f"{error.message}; allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}"
+    if error.validator in ("enum", "const"):
+        expected = error.validator_value if error.validator == "enum" else [error.validator_value]
+        return f"{error.instance!r} is not allowed; expected one of {', '.join(map(repr, expected))}"
+    if error.validator == "type":
+        return f"expected {error.validator_value}, found {type(error.instance).__name__} {error.instance!r}"
+    return error.message
+
+
+def record_problems(name: str, data, where: str) -> list:
+    """Every way ``data`` breaks ``schemas/<name>.schema.json``, as problems naming ``where`` and the field."""
     problems = ProblemList()
     for error in sorted(_validator(name).iter_errors(data), key=lambda e: list(e.absolute_path)):
-        problems.add(where, pointer_of(error.absolute_path), error.message)
+        problems.add(where, pointer_of(error.absolute_path), describe(error))
+    return problems.problems
+
+
+def check_record(name: str, data, where: str, *, hint: str | None = None) -> None:
+    """Raise SchemaError listing every way ``data`` breaks ``schemas/<name>.schema.json`` (``where``: its file)."""
+    problems = ProblemList(record_problems(name, data, where))
     problems.raise_if_any(hint=hint or f"{where} does not follow schemas/{name}.schema.json")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from .designs import DESIGNS, Design, design_of
 from .errors import ProblemList
 from .loaders import Parsed, pointer_of, read_jsonl, read_yaml
-from .records import _validator, schema  # noqa: F401  (re-exported: the schemas every stage reads)
+from .records import _validator, describe, schema  # noqa: F401  (schema re-exported: the schemas every stage reads)
 from .units import KINDS, UNIT_ID
 
 PLAN_FILES = ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml")
@@ -115,18 +115,7 @@ def _check_schema(name: str, file: str, parsed: Parsed, problems: ProblemList, *
     for error in sorted(_validator(name).iter_errors(parsed.data), key=lambda e: list(e.absolute_path)):
         pointer = base + pointer_of(error.absolute_path)
         where = line if line is not None else parsed.line_of(pointer_of(error.absolute_path))
-        problems.add(file, pointer, _describe(error), where)
-
-
-def _describe(error) -> str:
-    if error.validator == "additionalProperties":
-        return f"{error.message}; allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}"
-    if error.validator in ("enum", "const"):
-        expected = error.validator_value if error.validator == "enum" else [error.validator_value]
-        return f"{error.instance!r} is not allowed; expected one of {', '.join(map(repr, expected))}"
-    if error.validator == "type":
-        return f"expected {error.validator_value}, found {type(error.instance).__name__} {error.instance!r}"
-    return error.message
+        problems.add(file, pointer, describe(error), where)
 
 
 def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, thresholds: Parsed, problems: ProblemList) -> None:

@@ -70,7 +70,7 @@ def _claim(hid: str, analysis: str, status: str, *, kind: str = "confirmatory", 
         "analysis": analysis, "status": status, "reason": reason or f"{hid} is {status} by the frozen thresholds.",
         "review_status": review, "criteria": criteria or [],
         "evidence_standard": _evidence([True, True, True, False, True, True, True, None]),
-        "numbers": numbers or {},
+        "numbers": numbers or {}, "parameters": [], "warnings": [],
     }
 
 
@@ -79,7 +79,7 @@ def _ledger(design: str, *, synthetic: bool, claims: list[dict[str, Any]], runs:
             study_id: str = "e114-register", title: str = "L14E114 registered specificity test") -> dict[str, Any]:
     return {
         "schema_version": 1, "study_id": study_id, "title": title, "design": design, "synthetic": synthetic,
-        "lock_digest": "sha256:" + "3f" * 32, "generated_utc": "2026-06-08T12:00:00.000000Z",
+        "lock_digest": "3f" * 32, "generated_utc": "2026-06-08T12:00:00.000000Z",
         "tool_version": "0.1.0", "deviations": deviations or [], "amendments": amendments or [],
         "runs": runs, "claims": claims,
     }
@@ -159,12 +159,12 @@ def routing_inputs(report_dir: Path, *, synthetic: bool = True, evil: str = "") 
         _claim("H7", "A7", "fell", kind="exploratory", reason="fell on the lexical control"),
         _claim("H8", "A8", "unsupported", kind="exploratory", reason="L26E114 measured on spill only"),
     ]
-    runs = [{"run_id": "sampled", "status": "pass", "warnings": []},
-            {"run_id": "greedy", "status": "pass_with_warnings",
+    runs = [{"run_id": "sampled", "status": "pass", "warnings": [], "claims": {}, "review_status": "pending_review"},
+            {"run_id": "greedy", "status": "pass_with_warnings", "claims": {}, "review_status": "pending_review",
              "warnings": ["3 generations reached max_new_tokens without a trim token (X2)" + evil]}]
     deviations = [{"kind": "exclusion", "detail": "2 generations excluded under X3 (not English)" + evil}]
-    amendments = [{"id": "AM1", "seen": "labels", "post_hoc": True, "reason": "rubric typo fixed after labelling"},
-                  {"id": "AM0", "seen": "nothing", "post_hoc": False, "reason": "batch size lowered before capture"}]
+    amendments = [{"id": "AM1", "seen": "labels_frozen", "post_hoc": True, "reason": "rubric typo fixed after labelling"},
+                  {"id": "AM0", "seen": "nothing_run", "post_hoc": False, "reason": "batch size lowered before capture"}]
     ledger = _ledger("routing", synthetic=synthetic, claims=claims, runs=runs, deviations=deviations,
                      amendments=amendments, title="L14E114 registered specificity test" + evil)
     return _write(report_dir, ledger, {"target_values": tv, "baseline": baseline, "null_distribution": null,
@@ -194,7 +194,7 @@ def ablation_inputs(report_dir: Path) -> Path:
                                     text="mean headline drop ≥ 1.5 logits")],
                      numbers={"mean_drop": 1.32, "relative_drop": 0.574, "specificity_ratio": 49.0}),
               _claim("H2", "A0", "held", kind="exploratory", reason="L31H14 ranks first of 896 slots")]
-    runs = [{"run_id": "combined-ablation", "status": "pass_with_warnings",
+    runs = [{"run_id": "combined-ablation", "status": "pass_with_warnings", "claims": {}, "review_status": "pending_review",
              "warnings": ["mean headline drop 1.320 logits did not clear the preset 1.5-logit threshold"]}]
     ledger = _ledger("ablation", synthetic=False, claims=claims, runs=runs, study_id="l31h14-ablation",
                      title="L31H14+ factual-recall head-slot ablation")
@@ -453,7 +453,7 @@ def test_bad_ledger_and_bad_table_list_every_problem(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"3 problems") as info:
         render_report(report)
     text = str(info.value)
-    assert "ledger.json /claims/0/status: must be one of held" in text
+    assert "ledger.json /claims/0/status: 'proved' is not allowed; expected one of 'held'" in text
     assert "ledger.json /runs/0/status" in text
     assert "tables/wsq.parquet /: is missing column(s) Q" in text
     assert not (report / REPORT_NAME).exists()
