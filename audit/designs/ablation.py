@@ -26,7 +26,7 @@ from ..analyses import Outcome, Settings, direction_ok, record_baseline, warn
 
 @dataclass(frozen=True)
 class AblationRunData:
-    """A captured ablation run (capture/ablation.py). ``prompts`` is the pairs table in the shape the run
+    """A captured ablation run (capture/designs/ablation.py). ``prompts`` is the pairs table in the shape the run
     cards read (``prompt_id``, ``prompt_class``, ``split``; ``n_spill`` 0: nothing is generated)."""
 
     run_id: str
