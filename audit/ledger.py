@@ -155,7 +155,7 @@ def _run_cards(frozen, cache: dict, claims: list[dict]) -> list[dict]:
             warnings.append(f"{counts['near_ties']} routing rows are near-ties (k-th vs (k+1)-th score gap below tolerance)")
         spill = int(run.prompts["n_spill"].sum())
         if spill:
-            warnings.append(f"{spill} generated tokens spilled past a trim token ({int((run.prompts['n_spill'] > 0).sum())} prompts); claims use the trimmed zone")
+            warnings.append(f"{spill} generated tokens spilled past a trim token ({int((run.prompts['n_spill'] > 0).sum())} prompts); analyses of the trimmed zone leave them out, analyses of the generated zone do not")
         warnings += list(run.manifest.get("warnings", []))  # ablation runs: one line per preregistered exclusion that applied
         for deviation in run.manifest.get("deviations", []):
             warnings.append(f"runtime deviation: {deviation}")

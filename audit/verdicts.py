@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lockstep.designs import Design
+from lockstep.designs import Design, threshold_quantity
 from stats import Flag
 
 from .analyses import Outcome
@@ -25,7 +25,11 @@ from .analyses import Outcome
 _MENTAL = re.compile(r"\b(conscious(ness)?|sentien(t|ce)|subjective|qualia|experienc(e|es|ing)|feel(s|ing|ings)?|"
                      r"self[- ]recogni(tion|zes?|ses?)|recogni[sz]es? itself|aware(ness)?|suffer(s|ing)?|inner life|emotions?)\b", re.I)
 _CAUSAL = re.compile(r"\b(caus(e|es|ed|al|ally)|necessary|responsible for|drives?|controls?|the mechanism)\b", re.I)
-_NEGATED = re.compile(r"\b(not|no|never|without|rather than)\b[^.;,]{0,40}$", re.I)
+# A negation covers a phrase only when it stands right before it: at most three words between, none of
+# them turning the clause ("not subjective experience", "rather than the model's feelings"; but not
+# "is not lexical but reflects the model's feelings" or "is not a bystander: it drives").
+_NEGATED = re.compile(r"\b(not|no|never|without|rather than)\b(?:\s+(?!(?:but|and|yet|though|although|it|this|that)\b)"
+                      r"[\w'’-]+){0,3}\s*$", re.I)
 
 
 @dataclass(frozen=True)
@@ -42,19 +46,9 @@ class Criterion:
 
 def resolve_threshold(name: str, value: float, quantities: dict[str, float]) -> Criterion | None:
     """The criterion a named threshold sets on an analysis's quantities; None if it is a parameter."""
-    if name == "alpha":
-        quantity, op = "p", "<="
-    elif name.startswith("min_"):
-        quantity, op = name[4:], ">="
-    elif name.startswith("max_"):
-        quantity, op = name[4:], "<="
-    elif name.endswith("_tolerance"):
-        quantity, op = name[: -len("_tolerance")], "<="
-    else:
-        return None
-    candidates = [quantity, quantity.removesuffix("_logits")] + [quantity.split("_", 1)[1]] if "_" in quantity else [quantity]
+    op, candidates = threshold_quantity(name)
     key = next((c for c in candidates if c in quantities), None)
-    if key is None:
+    if op is None or key is None:
         return None
     observed = quantities[key]
     passed = bool(observed == observed and (observed <= value if op == "<=" else observed >= value))
@@ -91,7 +85,7 @@ class Verdict:
 
 
 # Warnings that make a claim whose primary criterion passed only partly held.
-NAMED_WARNINGS = ("best_not_target",)
+NAMED_WARNINGS = ("best_not_target", "spill_in_zone")
 
 
 def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], design: Design) -> Verdict:

@@ -41,6 +41,39 @@ ANALYSIS_DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType({
 })
 
 
+# What each analysis kind computes (quantities a threshold may bound: ``alpha`` bounds ``p``; ``min_<q>``,
+# ``max_<q>``, ``<q>_tolerance`` bound ``q``) and the parameters it reads by threshold-name prefix.
+ANALYSIS_OUTPUTS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "two_group": {"quantities": ("p", "ratio", "cohen_d", "hedges_g", "auc", "mean_diff"), "parameters": ()},
+    "all_unit_baseline": {"quantities": ("p", "target_rank", "target_percentile"), "parameters": ()},
+    "reproduction": {"quantities": ("p", "ratio", "cohen_d", "reproduction_ratio", "reproduction_d"), "parameters": ()},
+    "register_vs_class": {"quantities": ("p", "register_effect", "class_effect"), "parameters": ()},
+    "wsq_decomposition": {"quantities": ("s_share",), "parameters": ()},
+    "ablation_drop": {"quantities": ("p", "mean_drop", "relative_drop"), "parameters": ()},
+    "specificity": {"quantities": ("p", "specificity_ratio", "mean_drop", "control_mean_drop"),
+                    "parameters": ("control_drop_floor",)},
+})
+
+
+def threshold_quantity(name: str) -> tuple[str | None, list[str]]:
+    """The bound a threshold's name sets: (``"<="``/``">="``, candidate quantity names), or (None, [])
+    for a name that bounds nothing (a parameter)."""
+    if name == "alpha":
+        return "<=", ["p"]
+    if name.startswith("min_"):
+        op, quantity = ">=", name[4:]
+    elif name.startswith("max_"):
+        op, quantity = "<=", name[4:]
+    elif name.endswith("_tolerance"):
+        op, quantity = "<=", name[: -len("_tolerance")]
+    else:
+        return None, []
+    candidates = [quantity, quantity.removesuffix("_logits")]
+    if "_" in quantity:
+        candidates.append(quantity.split("_", 1)[1])
+    return op, candidates
+
+
 @dataclass(frozen=True)
 class Design:
     """What the core knows of one design (see the module docstring)."""

@@ -156,7 +156,7 @@ def start_amendment(study_dir: Path, *, replaces: list[str], reason: str, seen: 
     number = len(amendment_dirs(study_dir)) + 1
     folder = study_dir / AMENDMENTS / f"{number:03d}"
     folder.mkdir(parents=True)
-    body = {"schema_version": 1, "id": f"{number:03d}", "replaces": sorted(replaces), "reason": reason, "seen": seen}
+    body = {"schema_version": SCHEMA_VERSION, "id": f"{number:03d}", "replaces": sorted(replaces), "reason": reason, "seen": seen}
     atomic_write(folder / AMENDMENT_FILE, yaml.safe_dump(body, sort_keys=True, allow_unicode=True).encode())
     current = effective_files(study_dir)
     for name in replaces:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .designs import DESIGNS, Design, design_of
+from .designs import ANALYSIS_OUTPUTS, DESIGNS, Design, design_of, threshold_quantity
 from .errors import ProblemList
 from .loaders import Parsed, pointer_of, read_jsonl, read_yaml
 from .records import _validator, describe, schema  # noqa: F401  (schema re-exported: the schemas every stage reads)
@@ -184,6 +184,8 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
                 add("study.yaml", study, f"{at}/{key}", f"{analysis[key]!r} is not a prompt class in prompts.jsonl")
 
     design = design_of(spec["design"])
+    _check_claims(spec, records, study, add)
+    _check_sampling_plan(spec, records, study, add)
     if spec["units"]["kind"] != design.unit_kind:
         add("study.yaml", study, "/units/kind", f"is {spec['units']['kind']!r}, but a {design.name} study names {design.unit_kind} units")
     for i, analysis in enumerate(spec["analyses"]):
@@ -195,6 +197,97 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
     if design.needs_labels and rubric.data["kind"] == "none":
         add("rubric.yaml", rubric, "/kind", f"is 'none' but a {design.name} study labels generated text; use lexicon, judge or human")
     _check_extra_files(root, spec, study, add)
+
+
+_UNIT_IN_TEXT = re.compile(r"\bL\d+[EH]\d+\b")
+_DECODING_WORDS = {"greedy": "greedy", "sampled": "sample", "sampling": "sample"}
+
+
+def _check_claims(spec: dict, records: list[dict], study: Parsed, add) -> None:
+    """A hypothesis must say what its analysis tests: direction and tails, thresholds the analysis computes,
+    the units, zone and decodings its words name, and (confirmatory) at least one decision criterion."""
+    design = design_of(spec["design"])
+    analyses = {a["id"]: design.resolve_analysis(a, spec) for a in spec["analyses"] if a.get("kind") in ANALYSIS_OUTPUTS}
+    runs = {r["id"]: r for r in spec["runtime"]["runs"]}
+    targets = [t["id"] for t in spec["units"]["targets"]]
+    for i, hyp in enumerate(spec["hypotheses"]):
+        at = f"/hypotheses/{i}"
+        analysis = analyses.get(hyp["analysis"])
+        if analysis is None:
+            continue  # reported elsewhere (unknown analysis or kind)
+        words = " ".join(hyp["claim"].split())
+        tails = analysis.get("tails")
+        if tails is not None:
+            if hyp["direction"] == "none_expected" and tails != "two-sided":
+                add("study.yaml", study, f"{at}/direction", f"is none_expected but analysis {analysis['id']!r} tests tails "
+                    f"{tails!r}; a claim of no separation needs a two-sided test (set /analyses tails: two-sided)")
+            elif hyp["direction"] != "none_expected" and hyp["direction"] != tails:
+                add("study.yaml", study, f"{at}/direction", f"is {hyp['direction']!r} but analysis {analysis['id']!r} tests tails "
+                    f"{tails!r} (group a {_group_a(analysis)!r} against b); a directional claim is tested in its own direction")
+        outputs = ANALYSIS_OUTPUTS[analysis["kind"]]
+        for j, name in enumerate(hyp["thresholds"]):
+            op, candidates = threshold_quantity(name)
+            if op is None:
+                if not any(name.startswith(prefix) for prefix in outputs["parameters"]):
+                    add("study.yaml", study, f"{at}/thresholds/{j}", f"{name!r} is neither a bound (alpha, min_*, max_*, *_tolerance) "
+                        f"nor a parameter of a {analysis['kind']} analysis")
+            elif not set(candidates) & set(outputs["quantities"]):
+                add("study.yaml", study, f"{at}/thresholds/{j}", f"{name!r} bounds {candidates[0]!r}, which a {analysis['kind']} analysis "
+                    f"does not compute (it computes {', '.join(outputs['quantities'])}); the bound would never be checked")
+        if hyp["kind"] == "confirmatory" and not any(threshold_quantity(n)[0] for n in hyp["thresholds"]):
+            add("study.yaml", study, f"{at}/thresholds", "a confirmatory hypothesis needs at least one decision criterion "
+                "(alpha, a min_*/max_* bound or a *_tolerance)")
+        named = set(_UNIT_IN_TEXT.findall(words))
+        tested = {analysis["unit"]} if "unit" in analysis else set(analysis.get("targets") or [])
+        if not tested:
+            tested = set(spec.get("ablation", {}).get("combined") or []) if analysis.get("mode") == "combined" else set()
+            tested = tested or ({targets[0]} if analysis["kind"] == "all_unit_baseline" and targets else set(targets))
+        if named - tested:
+            add("study.yaml", study, f"{at}/claim", f"names {', '.join(sorted(named - tested))}, but analysis {analysis['id']!r} "
+                f"tests {', '.join(sorted(tested)) or 'no named unit'}")
+        _check_claim_zone(words, analysis, at, study, add)
+        if analysis["kind"] == "reproduction" and len(set(analysis.get("runs", []))) < 2:
+            add("study.yaml", study, f"/analyses/{list(analyses).index(analysis['id'])}/runs",
+                f"names {analysis.get('runs')}; a reproduction compares two different runs")
+        mentioned = {d for w, d in _DECODING_WORDS.items() if re.search(rf"\b{w}\b", words, re.I)}
+        used = {runs[r]["decoding"] for r in ([analysis["run"]] if "run" in analysis else analysis.get("runs", [])) if r in runs}
+        if mentioned and used and not mentioned <= used:
+            add("study.yaml", study, f"{at}/claim", f"speaks of {', '.join(sorted(mentioned))} decoding, but analysis "
+                f"{analysis['id']!r} reads runs decoded by {', '.join(sorted(used))}")
+
+
+def _group_a(analysis: dict) -> str | None:
+    groups = analysis.get("groups") or analysis.get("classes") or {}
+    return groups.get("a") or analysis.get("pairs")
+
+
+def _check_claim_zone(words: str, analysis: dict, at: str, study: Parsed, add) -> None:
+    """The zone a claim's words name must be the zone its analysis scores."""
+    zone = analysis.get("zone")
+    if zone is None:
+        return
+    lower = words.lower()
+    generated = bool(re.search(r"\bgenerat(ed|ion|ions)\b", lower))
+    prefill = bool(re.search(r"\bprefill\b|\bprompt tokens\b", lower))
+    if "trimmed" in lower and zone != "trimmed" and not prefill:
+        add("study.yaml", study, f"{at}/claim", f"speaks of trimmed text, but analysis {analysis['id']!r} scores the {zone} zone")
+    elif generated and not prefill and zone == "prefill":
+        add("study.yaml", study, f"{at}/claim", f"speaks of generated text, but analysis {analysis['id']!r} scores the prefill zone")
+    elif prefill and not generated and zone != "prefill":
+        add("study.yaml", study, f"{at}/claim", f"speaks of prompt tokens (prefill), but analysis {analysis['id']!r} scores the {zone} zone")
+
+
+def _check_sampling_plan(spec: dict, records: list[dict], study: Parsed, add) -> None:
+    """The plan's counts per class and split are the counts of prompts.jsonl."""
+    plan = spec["sampling_plan"]
+    for key, field_name in (("classes", "class"), ("splits", "split")):
+        actual: dict[str, int] = {}
+        for record in records:
+            actual[record[field_name]] = actual.get(record[field_name], 0) + 1
+        for name, count in (plan.get(key) or {}).items():
+            if actual.get(name, 0) != count:
+                add("study.yaml", study, f"/sampling_plan/{key}/{name}", f"says {count}, but prompts.jsonl has {actual.get(name, 0)} "
+                    f"prompt(s) with {field_name} {name!r}; make the plan and the file agree")
 
 
 def _check_ablation_block(spec: dict, targets: dict, splits: set[str], study: Parsed, add) -> None:

@@ -118,6 +118,11 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
         out.numbers["observed_statistic"] = float(test.statistic)
     passed = p <= settings.alpha and direction_ok(effect.mean_diff, analysis["tails"])
     out.facts["spill_tokens"] = int(run.prompts["n_spill"].sum())
+    if analysis["zone"] == "generated":
+        spilled = prompts[prompts["n_spill"] > 0] if "n_spill" in prompts else prompts.iloc[:0]
+        if len(spilled):
+            warn(out, "spill_in_zone", f"{int(spilled['n_spill'].sum())} token(s) of {len(spilled)} prompt(s) in run {run.run_id} "
+                 "spilled past a trim token into the generated zone this claim scores (score the trimmed zone to leave them out)")
     return passed
 
 

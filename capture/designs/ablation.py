@@ -295,14 +295,14 @@ def targeted_conditions(frozen) -> list[tuple[str, list[str]]]:
         out += [("individual", [t["id"]]) for t in spec["units"]["targets"] if t["id"] not in only]
     if "combined" in modes:
         sets = [ablation["combined"]] if ablation.get("combined") else []
-        sets += [a["targets"] for a in spec["analyses"] if a.get("mode") == "combined" and a.get("targets")]
+        sets += [a["targets"] for a in frozen.analyses if a.get("mode") == "combined" and a.get("targets")]
         seen = set()
         for labels in sets:
             key = condition_key(labels)
             if key not in seen:
                 seen.add(key)
                 out.append(("combined", sorted(set(labels), key=unit_order)))
-    for a in spec["analyses"]:
+    for a in frozen.analyses:  # resolved: an analysis that names no mode has its design's default
         if a.get("mode") == "individual" and a["kind"] != "all_unit_baseline":
             for t in a.get("targets", []):
                 if ("individual", [t]) not in out:

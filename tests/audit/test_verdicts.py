@@ -109,3 +109,29 @@ def test_none_expected_holds_without_separation_and_falls_with_it():
     assert decide(h, flat, THRESHOLDS | {"max_prefill_ratio": 2.0}, ROUTING).status == "held"
     steep = outcome(p=0.001, ratio=6.0, prefill_ratio=6.0)
     assert decide(h, steep, THRESHOLDS | {"max_prefill_ratio": 2.0}, ROUTING).status == "fell"
+
+
+@pytest.mark.parametrize("claim, code", [
+    # a "not" elsewhere in the sentence does not cover the phrase (both were held before the fix)
+    ("L1E5 activity is not lexical but reflects the model's feelings about the prompt.", "mental_state"),
+    ("L1E5 is not a bystander: it drives the register of the continuation.", "causal_from_natural"),
+])
+def test_a_nearby_negation_does_not_excuse_the_claim(claim, code):
+    verdict = decide(hypothesis(claim), outcome(), THRESHOLDS, ROUTING)
+    assert verdict.status == "unsupported" and verdict.codes == (code,)
+
+
+@pytest.mark.parametrize("claim", [
+    "L1E5 tracks a generated register rather than the model's feelings.",
+    "L1E5 separates the classes; this is not evidence of awareness.",
+    "The register shift is associated with L1E5 but not caused by it in any tested sense.",
+])
+def test_a_negation_right_before_the_phrase_still_covers_it(claim):
+    assert scope_lint(claim, ROUTING, None) == []
+
+
+def test_spill_in_the_scored_zone_makes_a_passing_claim_partly_held():
+    out = outcome()
+    out.warnings.append(Flag("spill_in_zone", "61 token(s) of 6 prompt(s) spilled into the generated zone"))
+    verdict = decide(hypothesis("L1E5 carries more W on FIRE prompts in generated text."), out, THRESHOLDS, ROUTING)
+    assert verdict.status == "partly_held" and "spilled" in verdict.reason
