@@ -33,7 +33,24 @@ Paired (sign flips), ``m = Σ_i ε_i z_i``: sign flips keep ``Σ d²`` fixed, so
 Ties are counted against: a relabeling counts when its score is ``>= observed - γ`` with
 ``γ = rtol·(|observed| + scale)``, ``rtol = 100·eps`` of the working dtype (float64) or ``64·eps``
 (float32), ``scale`` the unit's null spread. This makes the count independent of the summation order
-the BLAS picks for a given ``batch`` (the same idea as ``scipy.stats.permutation_test``).
+the BLAS picks for a given ``batch`` (the same idea as ``scipy.stats.permutation_test``): p-values,
+ranks and decisions are the same whatever ``batch``; statistics and null values agree to a few ulp.
+
+Separation and infinities
+-------------------------
+A unit that is constant within each group but differs between them has within-group variance 0
+under the observed labelling (and, for ``n1 == n2``, its complement): its t is infinite. In product
+space the relabelings are still ordered by a finite, well-conditioned score (``s`` for Student t
+and balanced Welch, ``m`` for paired t). Unbalanced Welch computes ``t`` itself, from two sums
+whose difference is pure rounding when a group is constant, so its variance term is floored:
+``t = num/sqrt(max(v_A/n1 + v_B/n2, δ))`` with ``δ = rtol·(N-1)·N/(n1·n2)`` (standardised data,
+total sum of squares ``N-1``). A separated labelling then scores ``num_max/sqrt(δ) = 1/sqrt(rtol)``
+(6.7e6 in float64, 362 in float32) up to rounding, the same under the observed labelling and the
+identity relabeling, so the tie rule counts it. ``to_stat`` reports every statistic whose variance
+term is at that floor (Student: ``SS_within <= rtol·(N-1)``; paired t: ``1 - m² <= rtol``; Welch:
+``|t| >= (1 - 2⁻¹⁰)/sqrt(rtol)``) as ``±inf``. Exact p-values are at least ``1/P`` (``2/P`` when
+the complement is folded in), since the identity is one of the ``P`` relabelings; Monte Carlo
+p-values are at least ``1/(P+1)`` by construction.
 """
 
 from __future__ import annotations
@@ -74,36 +91,57 @@ class Prepared:
     to_stat: Callable[[np.ndarray], np.ndarray]
     rtol: float
     keep: np.ndarray  # boolean over the input units: True where the unit varies
+    floor: float = 0.0  # Welch variance floor (unbalanced Welch only)
 
 
-def _student_from_s(s, n1, n2):
+def _student_from_s(s, n1, n2, rtol):
+    """Student t from ``s`` (standardised data); ``±inf`` where ``SS_within <= rtol·(N-1)``."""
     n = n1 + n2
     d = s * (n / (n1 * n2))
     ssw = (n - 1) - (n1 * n2 / n) * d * d
     with np.errstate(divide="ignore", invalid="ignore"):
         t = d / np.sqrt(np.maximum(ssw, 0) / (n - 2) * (n / (n1 * n2)))
+        t = np.where(ssw <= rtol * (n - 1), np.sign(d) * np.inf, t)
     return np.where(d == 0, 0.0, t)
 
 
-def _paired_t_from_m(m, n):
+def _paired_t_from_m(m, n, rtol):
+    """Paired t from ``m`` (``Σd² = N·1`` scaling); ``±inf`` where ``1 - m² <= rtol``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t = m * np.sqrt((n - 1) / np.maximum(1 - m * m, 0))
+        t = np.where(1 - m * m <= rtol, np.sign(m) * np.inf, t)
     return np.where(m == 0, 0.0, t)
 
 
-def _welch_from_sums(s, q, n1, n2, xp=np):
-    """Welch t from group-A sum ``s`` and sum of squares ``q`` of standardised data (total 0, N-1)."""
+def welch_floor(n1: int, n2: int, rtol: float) -> float:
+    """``δ = rtol·(N-1)·N/(n1·n2)``: the floor of Welch's variance term on standardised data."""
+    n = n1 + n2
+    return rtol * (n - 1) * n / (n1 * n2)
+
+
+def welch_inf_bound(rtol: float) -> float:
+    """``|t|`` at or above which a floored Welch t is reported as infinite (see module notes)."""
+    return (1.0 - 2.0 ** -10) / math.sqrt(rtol)
+
+
+def _welch_to_stat(t, rtol):
+    big = welch_inf_bound(rtol)
+    t = np.asarray(t)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.abs(t) >= big, np.sign(t) * np.inf, t)
+
+
+def _welch_from_sums(s, q, n1, n2, floor):
+    """Welch t from group-A sum ``s`` and sum of squares ``q`` of standardised data (total 0, N-1),
+    with the variance term floored at ``floor`` (:func:`welch_floor`)."""
     n = n1 + n2
     va = (q - s * s / n1) / (n1 - 1)
     vb = ((n - 1) - q - s * s / n2) / (n2 - 1)
     num = s * (n / (n1 * n2))
-    den = xp.sqrt(xp.clip(va / n1 + vb / n2, 0, None)) if xp is np else (va / n1 + vb / n2).clamp_min(0).sqrt()
-    if xp is np:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = num / den
-        return np.where(num == 0, 0.0, t)
-    t = num / den
-    return xp.where(num == 0, xp.zeros_like(t), t)
+    den = np.sqrt(np.maximum(va / n1 + vb / n2, floor))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = num / den
+    return np.where(num == 0, 0.0, t)
 
 
 def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Prepared:
@@ -127,7 +165,7 @@ def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Pr
             scale = np.full(xs.shape[1], 1.0 / np.sqrt(n))
 
             def to_stat(m):
-                return _paired_t_from_m(m, n)
+                return _paired_t_from_m(m, n, rtol)
 
         return Prepared(np.ascontiguousarray(z, dtype), None, "paired", statistic, n, 0,
                         scale, to_stat, rtol, keep)
@@ -150,16 +188,17 @@ def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Pr
         scale = np.full(z.shape[1], np.sqrt(n1 * n2 / n))
 
         def to_stat(s):
-            return _student_from_s(s, n1, n2)
+            return _student_from_s(s, n1, n2, rtol)
     else:  # unbalanced Welch: the score is t itself
         z = np.divide(c, sd, out=c)
         z2 = np.ascontiguousarray(z * z, dtype)
         scale = np.ones(z.shape[1])
 
         def to_stat(t):
-            return t
+            return _welch_to_stat(t, rtol)
+    floor = welch_floor(n1, n2, rtol) if z2 is not None else 0.0
     return Prepared(np.ascontiguousarray(z, dtype), z2, "two_sample", statistic, n, n1,
-                    scale, to_stat, rtol, keep)
+                    scale, to_stat, rtol, keep, floor)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,6 +207,29 @@ def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Pr
 
 def count_relabelings(design: str, n: int, n1: int) -> int:
     return math.comb(n, n1) if design == "two_sample" else 2 ** n
+
+
+#: the most relabelings an exact enumeration may visit (a raised ``exact_cap`` cannot pass it).
+EXACT_MAX = 10 ** 8
+#: rough throughputs for the time estimate in the refusal (2-core VM, bench/RESULTS.md):
+#: relabelings enumerated per second (``itertools.combinations`` and the 0/1 rows), and
+#: relabeling × unit scores per second (product and passes, float64).
+_ENUM_RATE, _SCORE_RATE = 1e6, 2e8
+
+
+def check_exact(total: int, exact_cap: int, n_units: int, n_resamples: int) -> bool:
+    """Whether to enumerate; ``ValueError`` naming ``exact_cap`` when enumeration would pass
+    :data:`EXACT_MAX` (the count and a time estimate in the message)."""
+    exact = total <= exact_cap
+    if exact and total > EXACT_MAX:
+        est = total / _ENUM_RATE + total * max(n_units, 1) / _SCORE_RATE
+        raise ValueError(
+            f"`exact_cap`={exact_cap:,} asks for exact enumeration of all {total:,} relabelings "
+            f"(about {est / 3600:,.0f} h for {n_units:,} unit(s) at ~{_ENUM_RATE:.0e} "
+            f"relabelings/s); at most {EXACT_MAX:,} are enumerated. Lower `exact_cap` below "
+            f"{total:,} (the default is 200,000) to draw `n_resamples`={n_resamples:,} Monte Carlo "
+            "relabelings instead.")
+    return exact
 
 
 def can_halve(design: str, n: int, n1: int, alternative: str) -> bool:
@@ -258,6 +320,7 @@ class ScanResult:
     n_resamples: int  # P, the number of relabelings the counts are out of
     exact: bool
     thr: np.ndarray  # F, observed score minus tolerance
+    min_count: int = 0  # exact: the identity (and its complement when folded) always counts
 
 
 def _score(prep: Prepared, r: np.ndarray, alternative: str) -> tuple[np.ndarray, np.ndarray]:
@@ -297,11 +360,11 @@ def _product(prep: Prepared, r: np.ndarray, out: np.ndarray, scratch: _Scratch) 
         q = scratch.get("q", b, dt)
         np.matmul(r, prep.z2, out=q)
         _welch_inplace(out, q, scratch.get("w", b, dt), scratch.get("v", b, dt),
-                       scratch.get("m", b, np.bool_), prep.n1, prep.n - prep.n1)
+                       scratch.get("m", b, np.bool_), prep.n1, prep.n - prep.n1, prep.floor)
 
 
-def _welch_inplace(s, q, w, v, zero, n1: int, n2: int) -> None:
-    """``s[:] = _welch_from_sums(s, q, n1, n2)`` using ``q``, ``w``, ``v``, ``zero`` as scratch.
+def _welch_inplace(s, q, w, v, zero, n1: int, n2: int, floor: float) -> None:
+    """``s[:] = _welch_from_sums(s, q, n1, n2, floor)`` using ``q``, ``w``, ``v``, ``zero`` as scratch.
 
     The same operations in the same order as :func:`_welch_from_sums` (so the same rounding,
     bit for bit), without its chunk-sized temporaries.
@@ -318,7 +381,7 @@ def _welch_inplace(s, q, w, v, zero, n1: int, n2: int) -> None:
     np.divide(v, n1, out=v)
     np.divide(q, n2, out=q)
     np.add(v, q, out=v)
-    np.clip(v, 0, None, out=v)
+    np.maximum(v, floor, out=v)
     np.sqrt(v, out=v)  # den
     np.multiply(s, n / (n1 * n2), out=s)  # num
     np.equal(s, 0, out=zero)
@@ -426,6 +489,13 @@ class _Tally:
                                         ).astype(np.int64)
 
 
+def thresholds(s_obs: np.ndarray, scale: np.ndarray, rtol: float) -> np.ndarray:
+    """Observed score minus the tie tolerance; an infinite score is its own threshold."""
+    with np.errstate(invalid="ignore"):
+        thr = s_obs - rtol * (np.abs(s_obs) + scale)
+    return np.where(np.isinf(s_obs), s_obs, thr)
+
+
 def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alternative: str, *,
          exact: bool, half: bool, keep_cols: np.ndarray | None, stepdown: bool) -> ScanResult:
     """Run the relabelings in ``chunks`` and collect counts, maxima and kept null columns.
@@ -435,49 +505,70 @@ def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alte
     comparison with the thresholds summed as uint8 down the columns (uncorrected counts), one
     elementwise block maximum (single-step and step-down), and small work on the block maxima.
     """
-    nf = prep.z.shape[1]
     g_obs, s_obs = _score(prep, obs_row[None, :].astype(prep.z.dtype), alternative)
     g_obs = g_obs[0].astype(np.float64)
     s_obs = s_obs[0].astype(np.float64)
-    thr = s_obs - prep.rtol * (np.abs(s_obs) + prep.scale)
-
+    thr = thresholds(s_obs, prep.scale, prep.rtol)
     lay = _Layout.of(s_obs, _SD_BLOCK)
     sprep = Prepared(lay.to_columns(prep.z, 0),
                      None if prep.z2 is None else lay.to_columns(prep.z2, 0),
                      prep.design, prep.statistic, prep.n, prep.n1, prep.scale, prep.to_stat,
-                     prep.rtol, prep.keep)
-    tally = _Tally(lay, thr[lay.order], sprep.z.dtype, stepdown)
-    col_keep = None if keep_cols is None else lay.col[np.argsort(lay.order)[keep_cols]]
-    pad_cols = lay.col[nf:]
+                     prep.rtol, prep.keep, prep.floor)
     scratch = _Scratch(sprep.z.shape[1])
-    kept: list[np.ndarray] = []
     dt, width = sprep.z.dtype, sprep.z.shape[1]
     sub = max(1, _SUB_ELEMENTS // width)
+
+    def blocks():
+        for r in chunks:
+            b = r.shape[0]
+            s = scratch.get("s", b, dt)
+            np.matmul(r, sprep.z, out=s)
+            q = None
+            if sprep.z2 is not None:
+                q = scratch.get("q", b, dt)
+                np.matmul(r, sprep.z2, out=q)
+            for i in range(0, b, sub):  # the passes after the product, on cache-sized row blocks
+                si = s[i:i + sub]
+                if q is not None:
+                    m = si.shape[0]
+                    _welch_inplace(si, q[i:i + sub], scratch.get("w", m, dt), scratch.get("v", m, dt),
+                                   scratch.get("m", m, np.bool_), sprep.n1, sprep.n - sprep.n1,
+                                   sprep.floor)
+                yield si
+
+    return collect(blocks(), lay, g_obs, s_obs, thr, prep.to_stat(g_obs), alternative, dt,
+                   exact=exact, half=half, keep_cols=keep_cols, stepdown=stepdown,
+                   scratch=scratch)
+
+
+def collect(blocks: Iterator[np.ndarray], lay: _Layout, g_obs: np.ndarray, s_obs: np.ndarray,
+            thr: np.ndarray, observed: np.ndarray, alternative: str, dtype, *, exact: bool,
+            half: bool, keep_cols: np.ndarray | None, stepdown: bool,
+            scratch: _Scratch) -> ScanResult:
+    """Tally blocks of product-space values (rows: resamples; columns in ``lay`` order).
+
+    Shared by the relabeling scan above and the residual resampling of
+    :mod:`stats._resample`: per block, the score (``abs`` or negation) in place, padding set to
+    ``-inf``, the uncorrected exceedance counts and the block maxima (:class:`_Tally`).
+    """
+    nf = s_obs.size
+    tally = _Tally(lay, thr[lay.order], dtype, stepdown)
+    col_keep = None if keep_cols is None else lay.col[np.argsort(lay.order)[keep_cols]]
+    pad_cols = lay.col[nf:]
+    kept: list[np.ndarray] = []
     p = 0
-    for r in chunks:
-        b = r.shape[0]
-        p += b
-        s = scratch.get("s", b, dt)
-        np.matmul(r, sprep.z, out=s)
-        q = None
-        if sprep.z2 is not None:
-            q = scratch.get("q", b, dt)
-            np.matmul(r, sprep.z2, out=q)
-        for i in range(0, b, sub):  # the passes after the product, on cache-sized row blocks
-            si = s[i:i + sub]
-            m = si.shape[0]
-            if q is not None:
-                _welch_inplace(si, q[i:i + sub], scratch.get("w", m, dt), scratch.get("v", m, dt),
-                               scratch.get("m", m, np.bool_), sprep.n1, sprep.n - sprep.n1)
-            if col_keep is not None:
-                kept.append(si[:, col_keep].astype(np.float64))
-            if alternative == "two-sided":
-                np.abs(si, out=si)
-            elif alternative == "less":
-                np.negative(si, out=si)
-            if lay.pad:
-                si[:, pad_cols] = -np.inf
-            tally.add(si, scratch.get("hit", m, np.bool_))
+    for si in blocks:
+        m = si.shape[0]
+        p += m
+        if col_keep is not None:
+            kept.append(si[:, col_keep].astype(np.float64))
+        if alternative == "two-sided":
+            np.abs(si, out=si)
+        elif alternative == "less":
+            np.negative(si, out=si)
+        if lay.pad:
+            si[:, pad_cols] = -np.inf
+        tally.add(si, scratch.get("hit", m, np.bool_))
 
     null_max = np.concatenate(tally.maxima) if tally.maxima else np.empty(0)
     null_keep = np.concatenate(kept) if kept else None
@@ -495,7 +586,7 @@ def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alte
     count_ss = (srt.size - np.searchsorted(srt, thr_s, side="left"))
     inv = np.argsort(lay.order)
     return ScanResult(
-        observed=prep.to_stat(g_obs),
+        observed=observed,
         observed_score=s_obs,
         count_unc=count_unc[inv],
         count_ss=count_ss[inv].astype(np.int64),
@@ -505,6 +596,7 @@ def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alte
         n_resamples=p,
         exact=exact,
         thr=thr,
+        min_count=(2 if half else 1) if exact else 0,
     )
 
 
@@ -512,18 +604,23 @@ def default_batch(n_units: int) -> int:
     return max(16, _CHUNK_ELEMENTS // max(1, n_units))
 
 
-def pvalues_from_counts(count: np.ndarray, n_resamples: int, exact: bool) -> np.ndarray:
-    """Exact: ``count/P`` (the identity is among the ``P``); Monte Carlo: ``(1 + count)/(1 + P)``."""
+def pvalues_from_counts(count: np.ndarray, n_resamples: int, exact: bool,
+                        min_count: int = 0) -> np.ndarray:
+    """Exact: ``max(count, min_count)/P`` (the identity is among the ``P``, so ``min_count`` is 1,
+    or 2 when each relabeling stands for its complement too); Monte Carlo: ``(1 + count)/(1 + P)``.
+    """
     count = np.asarray(count, dtype=np.float64)
     if exact:
-        return np.minimum(count / n_resamples, 1.0)
+        return np.minimum(np.maximum(count, min_count) / n_resamples, 1.0)
     return np.minimum((1.0 + count) / (1.0 + n_resamples), 1.0)
 
 
 def score_to_stat(prep: Prepared, score: np.ndarray, alternative: str) -> np.ndarray:
     """Map max scores back to statistic units (|stat| for two-sided, stat or -stat one-sided)."""
-    if prep.z2 is not None or prep.statistic in ("mean_diff", "mean"):
+    if prep.statistic in ("mean_diff", "mean"):
         return score
+    if prep.z2 is not None:  # Welch t itself, floored; to_stat is odd, so any alternative
+        return prep.to_stat(score)
     if alternative == "less":
         return -prep.to_stat(-score)
     return prep.to_stat(score)

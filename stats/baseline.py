@@ -1,9 +1,11 @@
 """The all-unit baseline: race a target unit against every unit in the model, with max-T.
 
-For every unit (``L14E114``, ``L31H14`` …) the observed statistic, the uncorrected permutation p, the
+For every unit (``L14E114``, ``L31H14`` …) the observed statistic, the uncorrected p, the
 single-step and step-down max-T family-wise p (Westfall & Young 1993), Holm and Benjamini–Hochberg
-adjustments of the uncorrected p, the best-separating unit, the target's rank and percentile, and the
-critical statistic at ``alpha``.
+adjustments of the uncorrected p, the best-separating unit, the target's rank and percentile, the
+critical statistic at ``alpha``, and (two-sample designs) each unit's variance ratio and
+Brown–Forsythe p. The null distribution comes from relabeling prompts (``null="exchangeable"``) or,
+when the groups' variances may differ, from resampling residuals (``null="equal_means"``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from stats import _engine
+from stats import _engine, _resample, variance
 from stats._common import Flag, as_generator, check_resampling
+from stats.permutation import null_iv
 
 __all__ = ["BaselineResult", "all_unit_baseline"]
 
 _FRAME_COLUMNS = ("unit", "in_family", "statistic", "p_uncorrected", "p_maxt_single_step",
-                  "p_maxt_step_down", "p_holm", "q_bh", "rank", "significant_maxt")
+                  "p_maxt_step_down", "p_holm", "q_bh", "rank", "significant_maxt",
+                  "variance_ratio", "brown_forsythe_p")
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,16 @@ class BaselineResult:
     in_family : numpy.ndarray of bool
         False for units that never vary (e.g. experts never selected) or were dropped for NaN.
     statistic : numpy.ndarray
-        Observed statistic per unit.
+        Observed statistic per unit (``±inf`` for a t statistic of a unit constant within each group
+        and different between them).
     p_uncorrected, p_maxt_single_step, p_maxt_step_down, p_holm, q_bh : numpy.ndarray
         Permutation p; single-step max-T p; step-down max-T p (Westfall–Young, monotone);
         Holm (``multipletests(method="holm")``) and Benjamini–Hochberg (``method="fdr_bh"``)
         applied to the uncorrected permutation p over the family.
     rank : numpy.ndarray of int
         Rank by score (1 = most extreme in the tested direction); ties take the *largest* rank
-        they share (``rankdata(method="max")``), so a tie never flatters a unit.
+        they share (``rankdata(method="max")``), so a tie never flatters a unit. Units whose
+        statistic is infinite in the tested direction all tie.
     family_size : int
         Units in the family (the correction's denominator).
     dropped_units : tuple of (str, str)
@@ -69,7 +75,17 @@ class BaselineResult:
     exact : bool
     statistic_name, alternative : str
     flags : tuple of Flag
-        ``maxt_unreachable``, ``holm_unreachable``, ``target_not_in_family``, ``units_dropped``.
+        ``maxt_unreachable``, ``holm_unreachable``, ``target_not_in_family``, ``units_dropped``,
+        ``not_exchangeable`` (permutation max-T on units whose group variances clearly differ).
+    null : str
+        ``"exchangeable"`` (two-sample relabelings), ``"symmetric"`` (paired sign flips) or
+        ``"equal_means"`` (residual resampling; variances may differ).
+    resampling : str
+        ``"permutation"``, ``"sign_flip"``, ``"wild"`` or ``"bootstrap"``.
+    variance_ratio, brown_forsythe_p : numpy.ndarray
+        Per unit, ``var_A/var_B`` (ddof=1) and the Brown–Forsythe p of equal variances
+        (:func:`stats.variance_check`); NaN outside the family and for paired designs.
+    target_variance_ratio, target_brown_forsythe_p : float
     """
 
     unit_ids: np.ndarray
@@ -99,10 +115,18 @@ class BaselineResult:
     statistic_name: str
     alternative: str
     flags: tuple = field(default=())
+    null: str = "exchangeable"
+    resampling: str = "permutation"
+    variance_ratio: np.ndarray | None = None
+    brown_forsythe_p: np.ndarray | None = None
+    target_variance_ratio: float = float("nan")
+    target_brown_forsythe_p: float = float("nan")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per unit with columns ``unit, in_family, statistic, p_uncorrected,
-        p_maxt_single_step, p_maxt_step_down, p_holm, q_bh, rank, significant_maxt``."""
+        p_maxt_single_step, p_maxt_step_down, p_holm, q_bh, rank, significant_maxt,
+        variance_ratio, brown_forsythe_p``."""
+        nan = np.full(len(self.unit_ids), np.nan)
         return pd.DataFrame({
             "unit": self.unit_ids,
             "in_family": self.in_family,
@@ -114,6 +138,8 @@ class BaselineResult:
             "q_bh": self.q_bh,
             "rank": self.rank,
             "significant_maxt": self.p_maxt_step_down <= self.alpha,
+            "variance_ratio": nan if self.variance_ratio is None else self.variance_ratio,
+            "brown_forsythe_p": nan if self.brown_forsythe_p is None else self.brown_forsythe_p,
         }, columns=list(_FRAME_COLUMNS))
 
     def summary(self) -> dict:
@@ -127,6 +153,9 @@ class BaselineResult:
             "critical_value": self.critical_value, "alpha": self.alpha,
             "n_resamples": self.n_resamples, "exact": self.exact,
             "statistic": self.statistic_name, "alternative": self.alternative,
+            "null": self.null, "resampling": self.resampling,
+            "target_variance_ratio": self.target_variance_ratio,
+            "target_brown_forsythe_p": self.target_brown_forsythe_p,
             "flags": [f.code for f in self.flags],
         }
 
@@ -146,7 +175,7 @@ def _holm(p: np.ndarray) -> np.ndarray:
 
 
 def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_resamples,
-                          exact_cap, alpha, batch, dtype, nan_policy):
+                          exact_cap, alpha, batch, dtype, nan_policy, null, resampling):
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -167,6 +196,7 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
         raise ValueError("`dtype` must be numpy.float32 or numpy.float64.")
     if nan_policy not in ("raise", "drop_units"):
         raise ValueError("`nan_policy` must be 'raise' or 'drop_units'.")
+    null, resampling = null_iv(null, resampling, paired)
     finite = np.all(np.isfinite(arr), axis=0)
     if nan_policy == "raise" and not finite.all():
         bad = int((~finite).sum())
@@ -197,14 +227,15 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
         if n1 < 2 or n - n1 < 2:
             raise ValueError(f"`group` must put at least 2 items in each group, got {n1} and {n - n1}.")
         mask = g
-    return arr, mask, ids, finite
+    return arr, mask, ids, finite, null, resampling
 
 
 def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
                       statistic: str = "welch_t", alternative: str = "two-sided",
                       n_resamples: int = 9_999, exact_cap: int = 200_000, alpha: float = 0.05,
                       batch: int | None = None, rng=None, dtype=np.float64,
-                      nan_policy: str = "raise") -> BaselineResult:
+                      nan_policy: str = "raise", null: str | None = None,
+                      resampling: str | None = None) -> BaselineResult:
     """Max-T baseline over every unit: is the target the best-separating unit, and does it survive?
 
     Parameters
@@ -224,12 +255,23 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     alternative : {"two-sided", "greater", "less"}
         Two-sided uses ``max |T|``; one-sided uses ``max T`` (or ``max -T``), never the absolute value.
     n_resamples, exact_cap, batch, rng, dtype
-        As in :func:`stats.permutation.permutation_test`; the same relabelings serve every unit.
+        As in :func:`stats.permutation.permutation_test`; the same relabelings (or resamples) serve
+        every unit. A cap that would enumerate more than 10⁸ relabelings raises ``ValueError``.
     alpha : float
         Level for the critical value, the significance column and the reachability flags.
     nan_policy : {"raise", "drop_units"}
         NaN values are not allowed in the product; ``drop_units`` leaves any unit with a NaN out of
         the family and lists it in ``dropped_units``.
+    null : {None, "exchangeable", "equal_means"}
+        The null each unit is tested under. ``None`` or ``"exchangeable"`` (two-sample default):
+        relabel prompts; the null is that both groups have one distribution, and the max-T is
+        exact under it, but not a test of equal means when the groups' spreads differ (flag
+        ``not_exchangeable``). ``"equal_means"``: ``n_resamples`` resamples of the null-centred
+        residuals (never exact; ``exact_cap`` unused), valid for equal means with unequal
+        variances. Paired designs (``group=None``) test ``"symmetric"`` differences by sign flips.
+    resampling : {None, "wild", "bootstrap"}
+        With ``null="equal_means"``: the Rademacher wild bootstrap (default, the better calibrated
+        in bench/RESULTS.md) or the within-group bootstrap (:mod:`stats._resample`).
 
     Returns
     -------
@@ -237,38 +279,57 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
 
     Notes
     -----
-    With ``T_{π,j}`` the score of unit ``j`` under relabeling ``π`` and ``t_j`` its observed score:
+    With ``T_{π,j}`` the score of unit ``j`` under relabeling (or resample) ``π`` and ``t_j`` its
+    observed score:
 
-    * uncorrected ``p_j = #{π : T_{π,j} ≥ t_j} / P`` (exact) or ``(1 + b_j)/(1 + P)`` (Monte Carlo);
+    * uncorrected ``p_j = #{π : T_{π,j} ≥ t_j} / P`` (exact) or ``(1 + b_j)/(1 + P)`` (Monte Carlo
+      and residual resampling);
     * single-step max-T ``p̃_j = #{π : max_k T_{π,k} ≥ t_j} / P`` (same ``+1`` rule);
     * step-down: order units by ``t`` descending, ``r_1 … r_F``; ``u_{π,i} = max_{l ≥ i} T_{π,r_l}``;
       ``p̃_{r_i} = #{π : u_{π,i} ≥ t_{r_i}}/P``, then ``p_{r_i} = max_{l ≤ i} p̃_{r_l}``
-      (Westfall & Young 1993, Algorithm 2.8; Ge, Dudoit & Speed 2003).
+      (Westfall & Young 1993, Algorithm 2.8; Ge, Dudoit & Speed 2003; with a resampled null,
+      Pollard & van der Laan 2004 and Dudoit & van der Laan 2008, Procedure 4.1);
     * Holm (``method="holm"`` of ``statsmodels.stats.multitest.multipletests``, reimplemented in
       ``_holm`` and tested equal) and Benjamini–Hochberg (``multipletests(method="fdr_bh")``);
       statsmodels' default, ``"hs"``, is Holm–Šidák, not Holm.
 
-    Units whose values never vary (sd = 0, e.g. an expert never selected in the zone) cannot
-    separate anything under any relabeling; they are dropped from the family and listed, and
-    ``family_size`` counts the rest. The suffix maximum is computed in blocks of 64 units, working
-    element by element only inside blocks where the running maximum straddles the observed
-    statistics, so step-down costs little more than single-step.
+    Every exact p is at least ``1/P`` (``2/P`` when complements are folded in): the identity is
+    one of the relabelings, also for units separated perfectly (t infinite). Units whose values
+    never vary (sd = 0, e.g. an expert never selected in the zone) cannot separate anything under
+    any relabeling; they are dropped from the family and listed, and ``family_size`` counts the
+    rest. The suffix maximum is computed in blocks of 64 units, working element by element only
+    inside blocks where the running maximum straddles the observed statistics, so step-down costs
+    little more than single-step.
+
+    Variance diagnostic (two-sample designs): ``variance_ratio`` and the Brown–Forsythe p per unit
+    (:func:`stats.variance_check`). With ``null="exchangeable"``, flag ``not_exchangeable`` when more
+    than 5 % of the family, or the target, has a Brown–Forsythe ``p ≤ 0.01``: the permutation
+    max-T then controls the family-wise error of "identical distributions", and its error for
+    "equal means" can be far above alpha (bench/RESULTS.md, "Which baseline null to preregister").
 
     Checked against ``nilearn.mass_univariate.permuted_ols`` (max-T p within Monte Carlo error),
-    ``statsmodels`` for Holm/BH, and a brute-force step-down in the tests
-    (``tests/stats/test_baseline.py``).
+    ``statsmodels`` for Holm/BH, a brute-force step-down, and (``equal_means``) a loop-over-resamples
+    reference with the same draws, in ``tests/stats/test_stats_baseline.py`` and
+    ``tests/stats/test_stats_equal_means.py``.
     """
-    arr, mask, ids, finite = _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative,
-                                                  n_resamples, exact_cap, alpha, batch, dtype,
-                                                  nan_policy)
+    arr, mask, ids, finite, null, resampling = _all_unit_baseline_iv(
+        x, group, unit_ids, target, statistic, alternative, n_resamples, exact_cap, alpha, batch,
+        dtype, nan_policy, null, resampling)
     n, f = arr.shape
     design = "paired" if mask is None else "two_sample"
     work = arr if finite.all() else np.where(finite[None, :], arr, 0.0)
-    prep = _engine.prepare(work, mask, statistic, dtype)
+    resampled = null == "equal_means"
+
+    def prepare(data):
+        if resampled:
+            return _resample.prepare(data, mask, statistic, resampling, dtype)
+        return _engine.prepare(data, mask, statistic, dtype)
+
+    prep = prepare(work)
     in_family = prep.keep & finite
     # units dropped for NaN have been zero-filled: they must leave the family too.
     if not finite.all():
-        prep = _engine.prepare(work[:, in_family], mask, statistic, dtype)
+        prep = prepare(work[:, in_family])
     fam_idx = np.flatnonzero(in_family)
     dropped = tuple((str(ids[j]), "nan" if not finite[j] else "constant") for j in range(f)
                     if not in_family[j])
@@ -276,22 +337,32 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     if m == 0:
         raise ValueError("`x` has no unit that varies; there is no family to test.")
     n1 = int(mask.sum()) if mask is not None else 0
-    total = _engine.count_relabelings(design, n, n1)
-    exact = total <= exact_cap
-    batch = batch or _engine.default_batch(m)
-    chunks, half = _engine.relabelings(design, n, n1, exact=exact, alternative=alternative, n_resamples=n_resamples,
-                                       rng=None if exact else as_generator(rng), batch=batch, dtype=prep.z.dtype)
     tpos = None
     if target is not None and in_family[list(ids).index(target)]:
         tpos = int(np.searchsorted(fam_idx, list(ids).index(target)))
-    obs_row = mask.astype(float) if mask is not None else np.ones(n)
-    res = _engine.scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
-                       keep_cols=None if tpos is None else np.array([tpos]), stepdown=True)
+    keep_cols = None if tpos is None else np.array([tpos])
+    half = False
+    if resampled:
+        exact = False
+        res = _resample.scan(prep, alternative, n_resamples, as_generator(rng),
+                             batch or _resample.default_batch(m), keep_cols=keep_cols,
+                             stepdown=True)
+    else:
+        total = _engine.count_relabelings(design, n, n1)
+        exact = _engine.check_exact(total, exact_cap, m, n_resamples)
+        chunks, half = _engine.relabelings(design, n, n1, exact=exact, alternative=alternative,
+                                           n_resamples=n_resamples,
+                                           rng=None if exact else as_generator(rng),
+                                           batch=batch or _engine.default_batch(m),
+                                           dtype=prep.z.dtype)
+        obs_row = mask.astype(float) if mask is not None else np.ones(n)
+        res = _engine.scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
+                           keep_cols=keep_cols, stepdown=True)
     P = res.n_resamples
 
-    p_unc = _engine.pvalues_from_counts(res.count_unc, P, exact)
-    p_ss = _engine.pvalues_from_counts(res.count_ss, P, exact)
-    p_sd_raw = _engine.pvalues_from_counts(res.count_sd, P, exact)
+    p_unc = _engine.pvalues_from_counts(res.count_unc, P, exact, res.min_count)
+    p_ss = _engine.pvalues_from_counts(res.count_ss, P, exact, res.min_count)
+    p_sd_raw = _engine.pvalues_from_counts(res.count_sd, P, exact, res.min_count)
     order = np.argsort(-res.observed_score, kind="stable")
     p_sd = np.empty(m)
     p_sd[order] = np.maximum.accumulate(p_sd_raw[order])
@@ -299,7 +370,10 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     p_holm = _holm(p_unc)
     q_bh = multipletests(p_unc, method="fdr_bh")[1]
 
-    score = res.observed_score
+    # rank on the score, except that statistics infinite in the tested direction all tie first
+    directed = {"two-sided": np.abs, "greater": lambda v: v, "less": np.negative}[alternative](
+        res.observed)
+    score = np.where(directed == np.inf, np.inf, res.observed_score)
     from scipy.stats import rankdata
     rank = rankdata(-score, method="max").astype(np.int64)
 
@@ -309,7 +383,7 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
         return out
 
     best = int(np.argmax(score))
-    null_max = _engine.score_to_stat(prep, res.null_max, alternative)
+    null_max = _score_to_stat(prep, res.null_max, alternative, resampled)
     srt = np.sort(null_max)[::-1]
     k = int(np.floor(alpha * P + 1e-9)) if exact else int(np.floor(alpha * (1 + P) - 1 + 1e-9))
     critical = float(srt[k]) if 0 <= k < srt.size else (float("inf") if k < 0 else float("-inf"))
@@ -335,6 +409,27 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
         flags.append(Flag("target_not_in_family",
                           f"target {target} never varies (or has NaN) and cannot be ranked"))
 
+    v_ratio = bf_p = None
+    t_vr = t_bf = float("nan")
+    if mask is not None:
+        fam = arr[:, fam_idx]
+        _, _, vr = variance.variance_ratio(fam, mask)
+        _, bp = variance.brown_forsythe(fam, mask)
+        v_ratio, bf_p = full(vr), full(bp)
+        if tpos is not None:
+            t_vr, t_bf = float(vr[tpos]), float(bp[tpos])
+        if null == "exchangeable":
+            what = ("the permutation max-T tests identical distributions, and its family-wise "
+                    "error for equal means can be far above alpha; preregister "
+                    "null='equal_means' to test equal means")
+            flag = variance.unequal_flag(bp, vr, what)
+            if flag is None and tpos is not None and t_bf <= variance.UNEQUAL_P:
+                flag = Flag("not_exchangeable",
+                            f"the target {target} has unequal group variances (ratio {t_vr:.3g}, "
+                            f"Brown–Forsythe p = {t_bf:.3g}); {what}")
+            if flag is not None:
+                flags.append(flag)
+
     if tpos is not None:
         t_stat = float(res.observed[tpos])
         t_rank = int(rank[tpos])
@@ -352,5 +447,14 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
         best_statistic=float(res.observed[best]), target=target, target_statistic=t_stat,
         target_rank=t_rank, target_percentile=t_pct, target_p_maxt=t_p, critical_value=critical,
         alpha=float(alpha), null_max=null_max, target_null=t_null, n_resamples=P, exact=exact,
-        statistic_name=statistic, alternative=alternative, flags=tuple(flags),
+        statistic_name=statistic, alternative=alternative, flags=tuple(flags), null=null,
+        resampling=resampling, variance_ratio=v_ratio, brown_forsythe_p=bf_p,
+        target_variance_ratio=t_vr, target_brown_forsythe_p=t_bf,
     )
+
+
+def _score_to_stat(prep, score: np.ndarray, alternative: str, resampled: bool) -> np.ndarray:
+    """Max scores in statistic units (``|stat|`` two-sided, ``stat`` or ``-stat`` one-sided)."""
+    if resampled:  # the score is the statistic itself (floored t); to_stat is odd
+        return prep.to_stat(score)
+    return _engine.score_to_stat(prep, score, alternative)

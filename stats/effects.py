@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from stats._common import as_1d_float, as_generator, as_ids, check_confidence
+from stats import variance
+from stats._common import Flag, as_1d_float, as_generator, as_ids, check_confidence
 
 __all__ = ["TwoGroupResult", "compare_groups", "cohen_d", "hedges_g", "d_interval"]
 
@@ -23,6 +24,7 @@ _FRAME_COLUMNS = (
     "cohen_d", "cohen_d_low", "cohen_d_high", "hedges_g", "hedges_g_low", "hedges_g_high",
     "d_ci_method", "auc", "mann_whitney_u", "mann_whitney_p", "welch_t", "welch_df", "welch_p",
     "student_t", "student_df", "student_p", "ranges_overlap", "n_crossing", "confidence",
+    "variance_ratio", "brown_forsythe_w", "brown_forsythe_p",
 )
 
 
@@ -52,6 +54,14 @@ class TwoGroupResult:
     omitted : tuple of str
         Items left out for NaN (``nan_policy="omit"``).
     confidence, n_boot : float, int
+    variance_ratio, brown_forsythe_w, brown_forsythe_p : float
+        ``sd_a²/sd_b²`` and the Brown–Forsythe test of equal variances
+        (``scipy.stats.levene(a, b, center="median")``): a permutation test of these groups tests
+        identical distributions; with unequal variances use ``null="equal_means"``.
+    flags : tuple of Flag
+        ``ratio_ci_undefined``: the ratio interval is NaN or infinite because ``mean_b`` is 0, the
+        values are constant, or bootstrap resamples of group B have mean 0 (the message counts
+        them).
     """
 
     n_a: int
@@ -84,6 +94,10 @@ class TwoGroupResult:
     omitted: tuple
     confidence: float
     n_boot: int
+    variance_ratio: float = float("nan")
+    brown_forsythe_w: float = float("nan")
+    brown_forsythe_p: float = float("nan")
+    flags: tuple = ()
 
     def to_frame(self) -> pd.DataFrame:
         """One row with the fixed columns listed in ``stats.effects._FRAME_COLUMNS``."""
@@ -99,6 +113,8 @@ class TwoGroupResult:
             "student_t": self.student_t, "student_df": self.student_df, "student_p": self.student_p,
             "ranges_overlap": self.ranges_overlap,
             "n_crossing": len(self.crossing_a) + len(self.crossing_b), "confidence": self.confidence,
+            "variance_ratio": self.variance_ratio, "brown_forsythe_w": self.brown_forsythe_w,
+            "brown_forsythe_p": self.brown_forsythe_p,
         }
         return pd.DataFrame([row], columns=list(_FRAME_COLUMNS))
 
@@ -231,13 +247,16 @@ def _compare_groups_iv(a, b, ids_a, ids_b, confidence, ci_method, boot_method, n
     return a, b, ids_a, ids_b, omitted, confidence
 
 
-def _boot_ci(a, b, fn, n_boot, confidence, method, rng):
+def _boot_ci(a, b, fn, n_boot, confidence, method, rng, with_distribution=False):
     """Stratified bootstrap (resample within each group) via ``scipy.stats.bootstrap``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        # a degenerate bootstrap distribution: the NaN/inf interval is flagged by the caller
+        warnings.simplefilter("ignore", RuntimeWarning)
         res = sps.bootstrap((a, b), fn, n_resamples=n_boot, confidence_level=confidence,
                             method="BCa" if method == "bca" else "percentile", rng=rng,
                             vectorized=True)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    ci = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (ci, res.bootstrap_distribution) if with_distribution else ci
 
 
 def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
@@ -274,7 +293,8 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
     mean). ``d = (mean(a) - mean(b))/s_p`` with ``s_p² = ((n_a-1)s_a² + (n_b-1)s_b²)/(n_a+n_b-2)``;
     ``g = d·(1 - 3/(4(n_a+n_b) - 9))``; a g interval is the d interval times the same factor.
     Checked against pingouin (``compute_effsize``), ``scipy.stats.ttest_ind`` (both variants) and
-    ``scipy.stats.mannwhitneyu`` in ``tests/stats/test_effects.py``.
+    ``scipy.stats.mannwhitneyu`` in ``tests/stats/test_stats_effects.py``; the Brown–Forsythe
+    test against ``scipy.stats.levene(a, b, center="median")``.
     """
     a, b, ids_a, ids_b, omitted, confidence = _compare_groups_iv(
         a, b, ids_a, ids_b, confidence, ci_method, boot_method, n_boot, nan_policy)
@@ -290,8 +310,20 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
     def ratio_fn(x, y, axis=-1):
         return np.mean(x, axis=axis) / np.mean(y, axis=axis)
 
-    ratio_ci = (np.nan, np.nan) if constant or mb == 0 else _boot_ci(a, b, ratio_fn, n_boot,
-                                                                     confidence, boot_method, gen)
+    flags = []
+    if constant or mb == 0:
+        ratio_ci = (np.nan, np.nan)
+        why = "the values are constant" if constant else "mean_b is 0"
+        flags.append(Flag("ratio_ci_undefined",
+                          f"no interval for the ratio mean_a/mean_b: {why} (ratio {ratio:.4g})"))
+    else:
+        ratio_ci, dist = _boot_ci(a, b, ratio_fn, n_boot, confidence, boot_method, gen, True)
+        bad = int(np.sum(~np.isfinite(dist)))
+        if bad or not np.all(np.isfinite(ratio_ci)):
+            flags.append(Flag("ratio_ci_undefined",
+                              f"{bad} of {n_boot} bootstrap resamples of group B have mean 0, so "
+                              f"their ratio is infinite or undefined; the interval is "
+                              f"({ratio_ci[0]:.4g}, {ratio_ci[1]:.4g})"))
     if not np.isfinite(d):
         d_ci = (np.nan, np.nan)
     elif ci_method == "noncentral_t":
@@ -307,6 +339,11 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
         welch = sps.ttest_ind(a, b, equal_var=False)
         student = sps.ttest_ind(a, b, equal_var=True)
 
+    va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v_ratio = float(np.float64(va) / vb)
+    bf_w, bf_p = variance.brown_forsythe(np.r_[a, b][:, None], np.r_[np.ones(na, bool),
+                                                                    np.zeros(nb, bool)])
     a_high = ma >= mb
     hi, lo = (a, b) if a_high else (b, a)
     overlap = bool(hi.min() <= lo.max())
@@ -328,5 +365,6 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
         welch_p=float(welch.pvalue), student_t=float(student.statistic),
         student_df=float(student.df), student_p=float(student.pvalue), ranges_overlap=overlap,
         crossing_a=cross_a, crossing_b=cross_b, omitted=omitted, confidence=confidence,
-        n_boot=int(n_boot),
+        n_boot=int(n_boot), variance_ratio=v_ratio, brown_forsythe_w=float(bf_w[0]),
+        brown_forsythe_p=float(bf_p[0]), flags=tuple(flags),
     )

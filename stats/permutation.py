@@ -2,6 +2,10 @@
 
 Both functions run on one unit (1-D input) or many units at once (N×F input, one column per unit);
 they share the chunked matrix-product engine in :mod:`stats._engine` with the all-unit baseline.
+Each result says which null it tests (``null``): ``"exchangeable"`` (two-sample relabelings: the
+groups come from one distribution), ``"symmetric"`` (paired sign flips: each difference is
+symmetric about 0), or ``"equal_means"`` (two-sample, variances may differ: residual resampling,
+:mod:`stats._resample`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stats import _engine
+from stats import _engine, _resample
 from stats._common import as_generator, check_resampling
 
 __all__ = ["PermutationResult", "permutation_test", "paired_permutation_test"]
@@ -42,6 +46,11 @@ class PermutationResult:
         What was computed: e.g. ``"welch_t"``, ``"two-sided"``, ``"two_sample"`` or ``"paired"``.
     unit_ids : numpy.ndarray
         One id per unit (``"u0"``, ``"u1"`` … when none given).
+    null : str
+        The null hypothesis tested: ``"exchangeable"``, ``"symmetric"`` or ``"equal_means"``.
+    resampling : str
+        How its null distribution was drawn: ``"permutation"``, ``"sign_flip"``, ``"wild"`` or
+        ``"bootstrap"``.
     """
 
     statistic: np.ndarray | float
@@ -53,9 +62,12 @@ class PermutationResult:
     alternative: str
     design: str
     unit_ids: np.ndarray
+    null: str = "exchangeable"
+    resampling: str = "permutation"
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per unit: ``unit, statistic, pvalue, n_resamples, exact, statistic_name, alternative, design``."""
+        """One row per unit: ``unit, statistic, pvalue, n_resamples, exact, statistic_name,
+        alternative, design, null, resampling``."""
         return pd.DataFrame({
             "unit": np.asarray(self.unit_ids, dtype=object),
             "statistic": np.atleast_1d(self.statistic).astype(float),
@@ -65,6 +77,8 @@ class PermutationResult:
             "statistic_name": self.statistic_name,
             "alternative": self.alternative,
             "design": self.design,
+            "null": self.null,
+            "resampling": self.resampling,
         })
 
 
@@ -108,13 +122,63 @@ def _group_iv(group, n):
     return g
 
 
+def null_iv(null, resampling, paired: bool) -> tuple[str, str]:
+    """Resolve ``null`` and ``resampling`` for a design (``ValueError`` naming the parameter)."""
+    if paired:
+        if null not in (None, "symmetric"):
+            raise ValueError(f"`null` must be None or 'symmetric' for a paired design, got {null!r}: "
+                             "sign flips are valid whatever each pair's variance.")
+        if resampling not in (None, "sign_flip"):
+            raise ValueError(f"`resampling` must be None or 'sign_flip' for a paired design, got "
+                             f"{resampling!r}.")
+        return "symmetric", "sign_flip"
+    null = "exchangeable" if null is None else null
+    if null not in ("exchangeable", "equal_means"):
+        raise ValueError(f"`null` must be None, 'exchangeable' or 'equal_means', got {null!r}.")
+    if null == "exchangeable":
+        if resampling not in (None, "permutation"):
+            raise ValueError(f"`resampling` must be None or 'permutation' with "
+                             f"null='exchangeable', got {resampling!r}.")
+        return null, "permutation"
+    resampling = "wild" if resampling is None else resampling
+    if resampling not in _resample.RESAMPLINGS:
+        raise ValueError(f"`resampling` must be None or one of {_resample.RESAMPLINGS} with "
+                         f"null='equal_means', got {resampling!r}.")
+    return null, resampling
+
+
+def _run_equal_means(arr, mask, statistic, alternative, n_resamples, batch, rng, dtype, ids, one_d,
+                     resampling):
+    f = arr.shape[1]
+    prep = _resample.prepare(arr, mask, statistic, resampling, dtype)
+    nk = int(prep.keep.sum())
+    stat = np.full(f, np.nan)
+    pval = np.ones(f)
+    null = None
+    if nk:
+        res = _resample.scan(prep, alternative, n_resamples, as_generator(rng),
+                             batch or _resample.default_batch(nk),
+                             keep_cols=np.arange(nk) if f <= _KEEP_NULL_UNITS else None,
+                             stepdown=False)
+        stat[prep.keep] = res.observed
+        pval[prep.keep] = _engine.pvalues_from_counts(res.count_unc, res.n_resamples, False)
+        if res.null_keep is not None:
+            null = np.full((res.n_resamples, f), np.nan)
+            null[:, prep.keep] = prep.to_stat(res.null_keep)
+    args = (n_resamples, False, statistic, alternative, "two_sample")
+    if one_d:
+        return PermutationResult(float(stat[0]), float(pval[0]), None if null is None else null[:, 0],
+                                 *args, ids, "equal_means", resampling)
+    return PermutationResult(stat, pval, null, *args, ids, "equal_means", resampling)
+
+
 def _run(arr, mask, statistic, alternative, n_resamples, exact_cap, batch, rng, dtype, ids, one_d,
          design):
     n, f = arr.shape
     prep = _engine.prepare(arr, mask, statistic, dtype)
     n1 = int(mask.sum()) if mask is not None else 0
     total = _engine.count_relabelings(design, n, n1)
-    exact = total <= exact_cap
+    exact = _engine.check_exact(total, exact_cap, f, n_resamples)
     nk = int(prep.keep.sum())
     stat = np.full(f, np.nan)
     pval = np.ones(f)
@@ -128,23 +192,28 @@ def _run(arr, mask, statistic, alternative, n_resamples, exact_cap, batch, rng, 
         res = _engine.scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
                            keep_cols=keep_cols, stepdown=False)
         stat[prep.keep] = res.observed
-        pval[prep.keep] = _engine.pvalues_from_counts(res.count_unc, res.n_resamples, exact)
+        pval[prep.keep] = _engine.pvalues_from_counts(res.count_unc, res.n_resamples, exact,
+                                                      res.min_count)
         p_used = res.n_resamples
         if res.null_keep is not None:
             null = np.full((p_used, f), np.nan)
             null[:, prep.keep] = prep.to_stat(res.null_keep)
     else:
         p_used = total if exact else n_resamples
+    tested = ("exchangeable", "permutation") if design == "two_sample" else ("symmetric", "sign_flip")
     if one_d:
         return PermutationResult(float(stat[0]), float(pval[0]), None if null is None else null[:, 0],
-                                 p_used, exact, statistic, alternative, design, ids)
-    return PermutationResult(stat, pval, null, p_used, exact, statistic, alternative, design, ids)
+                                 p_used, exact, statistic, alternative, design, ids, *tested)
+    return PermutationResult(stat, pval, null, p_used, exact, statistic, alternative, design, ids,
+                             *tested)
 
 
 def permutation_test(x, group, *, statistic: str = "welch_t", alternative: str = "two-sided",
                      n_resamples: int = 9_999, exact_cap: int = 200_000, batch: int | None = None,
-                     rng=None, dtype=np.float64, unit_ids=None) -> PermutationResult:
-    """Two-sample permutation test of group A (``group`` True) against group B, per unit.
+                     rng=None, dtype=np.float64, unit_ids=None, null: str | None = None,
+                     resampling: str | None = None) -> PermutationResult:
+    """Two-sample test of group A (``group`` True) against group B, per unit: a permutation test
+    (``null="exchangeable"``, the default) or a residual resampling test of equal means.
 
     Parameters
     ----------
@@ -160,7 +229,8 @@ def permutation_test(x, group, *, statistic: str = "welch_t", alternative: str =
         Monte Carlo relabelings when the exact count exceeds ``exact_cap``.
     exact_cap : int
         Enumerate all ``C(N, n_A)`` relabelings when there are at most this many
-        (10 vs 10 gives 184,756: exact by default).
+        (10 vs 10 gives 184,756: exact by default). More than ``stats._engine.EXACT_MAX``
+        (10⁸) relabelings are never enumerated: a cap that would allow it raises ``ValueError``.
     batch : int, optional
         Relabelings per matrix product; bounds memory at about ``batch × F`` floats. Results do not
         depend on it.
@@ -172,6 +242,14 @@ def permutation_test(x, group, *, statistic: str = "welch_t", alternative: str =
         float64 only for relabelings within that tolerance of the observed statistic.
     unit_ids : sequence of str, optional
         One id per column.
+    null : {None, "exchangeable", "equal_means"}
+        ``exchangeable`` (default): relabel prompts; valid when the groups have one distribution
+        under the null. ``equal_means``: the null is equal means with possibly unequal variances;
+        ``n_resamples`` residual resamples (never exact, ``exact_cap`` unused), see
+        ``resampling``.
+    resampling : {None, "wild", "bootstrap"}
+        With ``null="equal_means"``: Rademacher wild bootstrap (default) or the within-group
+        bootstrap of null-centred residuals (:mod:`stats._resample`).
 
     Returns
     -------
@@ -179,21 +257,27 @@ def permutation_test(x, group, *, statistic: str = "welch_t", alternative: str =
 
     Notes
     -----
-    Exact: ``p = #{relabelings π : T(π) ≥ t_obs} / C(N, n_A)`` (the identity is one of them).
+    Exact: ``p = #{relabelings π : T(π) ≥ t_obs} / C(N, n_A)`` (the identity is one of them, so
+    ``p ≥ 1/C(N, n_A)`` even when the groups are perfectly separated and ``t`` is infinite).
     Monte Carlo: ``p = (1 + b) / (1 + P)`` with ``b`` the random relabelings reaching ``t_obs``
     (Phipson & Smyth 2010). Ties are counted against (see :mod:`stats._engine` for the tolerance).
+    With ``null="equal_means"`` the same ``(1 + b)/(1 + P)`` over ``P`` residual resamples.
     When ``n_A == n_B`` and the test is two-sided, only the relabelings that keep item 0 in group A
     are computed: each complement has the opposite statistic, so counts double exactly.
 
     Checked against ``scipy.stats.permutation_test(..., permutation_type="independent",
     n_resamples=np.inf)`` for exact p-values and ``scipy.stats.ttest_ind`` for the statistics
-    (``tests/stats/test_permutation.py``). scipy's two-sided p is ``2·min(p_less, p_greater)``;
+    (``tests/stats/test_stats_permutation.py``). scipy's two-sided p is ``2·min(p_less, p_greater)``;
     it equals this ``|T|`` p-value when the null is symmetric (balanced designs) and the tests
     compare unbalanced designs with scipy on ``|T|`` and ``alternative="greater"``.
     """
     arr, one_d, ids = _common_iv(x, statistic, alternative, n_resamples, exact_cap, batch, dtype,
                                  _engine.TWO_SAMPLE_STATISTICS, unit_ids)
     mask = _group_iv(group, arr.shape[0])
+    null, resampling = null_iv(null, resampling, paired=False)
+    if null == "equal_means":
+        return _run_equal_means(arr, mask, statistic, alternative, n_resamples, batch, rng, dtype,
+                                ids, one_d, resampling)
     return _run(arr, mask, statistic, alternative, n_resamples, exact_cap, batch, rng, dtype, ids,
                 one_d, "two_sample")
 
@@ -201,7 +285,8 @@ def permutation_test(x, group, *, statistic: str = "welch_t", alternative: str =
 def paired_permutation_test(x, y=None, *, statistic: str = "mean", alternative: str = "two-sided",
                             n_resamples: int = 9_999, exact_cap: int = 200_000,
                             batch: int | None = None, rng=None, dtype=np.float64,
-                            unit_ids=None) -> PermutationResult:
+                            unit_ids=None, null: str | None = None,
+                            resampling: str | None = None) -> PermutationResult:
     """Sign-flip test for paired designs (e.g. the margin before and after ablation on one pair).
 
     Parameters
@@ -215,6 +300,9 @@ def paired_permutation_test(x, y=None, *, statistic: str = "mean", alternative: 
     alternative, n_resamples, exact_cap, batch, rng, dtype, unit_ids
         As in :func:`permutation_test`; exact enumeration of ``2**N`` sign vectors when at most
         ``exact_cap`` (N ≤ 17 by default).
+    null, resampling : None
+        Accepted for symmetry with :func:`permutation_test`: the null is ``"symmetric"`` (each
+        difference symmetric about 0, whatever its variance) and the resampling ``"sign_flip"``.
 
     Returns
     -------
@@ -223,10 +311,12 @@ def paired_permutation_test(x, y=None, *, statistic: str = "mean", alternative: 
     Notes
     -----
     Under the null each difference is symmetric about 0, so the ``2**N`` sign vectors are equally
-    likely. Exact: ``p = #{ε : T(ε·d) ≥ t} / 2**N``; Monte Carlo ``(1 + b)/(1 + P)``.
+    likely. Exact: ``p = #{ε : T(ε·d) ≥ t} / 2**N`` (at least ``2/2**N`` two-sided, ``1/2**N``
+    one-sided); Monte Carlo ``(1 + b)/(1 + P)``.
     Checked against ``scipy.stats.permutation_test(..., permutation_type="samples",
-    n_resamples=np.inf)`` (``tests/stats/test_permutation.py``).
+    n_resamples=np.inf)`` (``tests/stats/test_stats_permutation.py``).
     """
+    null_iv(null, resampling, paired=True)
     arr, one_d, ids = _common_iv(x, statistic, alternative, n_resamples, exact_cap, batch, dtype,
                                  _engine.PAIRED_STATISTICS, unit_ids)
     if y is not None:

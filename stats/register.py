@@ -110,7 +110,7 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
     difference between registers within class, pooled across classes; it is identifiable only
     when some prompt's register differs from its class (the journal's cat-purring control).
     Checked against the direct statsmodels fit and against cell means in a balanced design
-    (``tests/stats/test_register.py``).
+    (``tests/stats/test_stats_wsq_register.py``).
     """
     v, pc, rg, ids, confidence = _register_iv(value, prompt_class, register, ids, confidence, cov_type)
     cls = (pc == target_class).astype(int)

@@ -1,7 +1,9 @@
 """W/S/Q: which component carries a unit's W effect (the journal's "mostly an S effect").
 
 Per prompt: S = selection rate, Q = mean routed weight when selected (NaN when never selected),
-W = S·Q (0 when never selected).
+W = S·Q (0 when never selected). A group that never selects the unit (S̄ = 0) has no Q; the
+decomposition then says so (flag ``q_undefined``) and gives the whole ΔW to S (see
+:func:`wsq_decomposition`, Notes).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stats._common import as_1d_float, as_generator, check_confidence
+from stats._common import Flag, as_1d_float, as_generator, check_confidence
 from stats.effects import _d
 
 __all__ = ["WSQResult", "wsq_decomposition"]
@@ -26,7 +28,8 @@ class WSQResult:
     s_a, s_b : float
         Mean selection rate per group (mean of per-prompt S).
     q_a, q_b : float
-        Selection-weighted Q per group, ``mean(W)/mean(S)``, so that ``w = s·q`` exactly.
+        Selection-weighted Q per group, ``mean(W)/mean(S)``, so that ``w = s·q`` exactly; NaN
+        (undefined) for a group that never selects the unit.
     q_mean_a, q_mean_b : float
         Plain mean of per-prompt Q over the prompts where the unit was selected.
     w_a, w_b : float
@@ -34,7 +37,8 @@ class WSQResult:
     delta_w, s_part, q_part : float
         ``ΔW = s_part + q_part`` with ``s_part = ΔS·(q_a+q_b)/2``, ``q_part = (s_a+s_b)/2·ΔQ``.
     s_share, s_share_ci : float, (float, float)
-        ``s_part/ΔW`` with a stratified percentile bootstrap interval.
+        ``s_part/ΔW`` with a stratified percentile bootstrap interval; 1 when exactly one group
+        never selects the unit, in the estimate and in every resample where that happens.
     log_ratio_w, log_ratio_s, log_ratio_q : float
         ``ln(w_a/w_b) = ln(s_a/s_b) + ln(q_a/q_b)``; the ratio view of the same split.
     d_s, d_q, d_w : float
@@ -44,6 +48,9 @@ class WSQResult:
         otherwise, ``"none"`` when ``ΔW == 0``.
     n_q_missing_a, n_q_missing_b : int
         Prompts with no selection (Q undefined) per group.
+    flags : tuple of Flag
+        ``q_undefined`` (a group never selects the unit), ``s_share_resamples_undefined``
+        (bootstrap resamples with ΔW = 0 left out of the interval).
     """
 
     n_a: int
@@ -72,6 +79,7 @@ class WSQResult:
     n_q_missing_a: int
     n_q_missing_b: int
     confidence: float
+    flags: tuple = ()
 
     def to_frame(self) -> pd.DataFrame:
         """One row per component ``S, Q, W``: ``component, mean_a, mean_b, diff, log_ratio,
@@ -117,12 +125,17 @@ def _wsq_iv(s, q, group, dominance, confidence, n_boot):
 
 
 def _parts(s, w):
-    """Vectorised over leading axes: group means -> (s_a, s_b, q_a, q_b, dw, s_part, q_part)."""
+    """Vectorised over leading axes: group means -> (s_a, s_b, q_a, q_b, dw, s_part, q_part).
+
+    ``q_g`` is ``w_g/s_g``; a group with ``s_g == 0`` takes the other group's ``q`` (both 0 when
+    neither selects), so that ``ΔQ = 0`` and ``s_part = ΔW`` (see :func:`wsq_decomposition`).
+    """
     sa, sb = s
     wa, wb = w
     with np.errstate(divide="ignore", invalid="ignore"):
         qa = np.where(sa > 0, wa / sa, 0.0)
         qb = np.where(sb > 0, wb / sb, 0.0)
+    qa, qb = np.where(sa > 0, qa, qb), np.where(sb > 0, qb, qa)
     dw = wa - wb
     s_part = (sa - sb) * (qa + qb) / 2
     q_part = (sa + sb) / 2 * (qa - qb)
@@ -153,7 +166,22 @@ def wsq_decomposition(s, q, group, *, dominance: float = 2 / 3, confidence: floa
     With group means ``S̄`` and ``W̄`` and the selection-weighted ``Q̄ = W̄/S̄`` (so ``W̄ = S̄·Q̄``
     holds exactly, unlike the mean of per-prompt Q), the symmetric (midpoint) decomposition
     ``ΔW = ΔS·(Q̄_A+Q̄_B)/2 + (S̄_A+S̄_B)/2·ΔQ`` is exact; so is ``ln(W̄_A/W̄_B) = ln(S̄_A/S̄_B) +
-    ln(Q̄_A/Q̄_B)``. Checked in the tests by the identities and on planted S-only and Q-only effects.
+    ln(Q̄_A/Q̄_B)``.
+
+    A group that never selects the unit (``S̄_B = 0``) has no Q: ``Q̄_B`` is undefined and is
+    reported as NaN (flag ``q_undefined``). Its W is 0, so ``ΔW = W̄_A = S̄_A·Q̄_A``: the whole
+    difference comes from selecting the unit against never selecting it, and the decomposition
+    takes ``Q̄_B := Q̄_A`` (``ΔQ = 0``), so ``s_part = ΔW`` and the S share is 1. This is the limit
+    of the ratio view for any finite ``Q̄_B > 0``: as ``S̄_B → 0``, ``ln(S̄_A/S̄_B) → ∞`` while
+    ``ln(Q̄_A/Q̄_B)`` stays finite, so the S part of ``ln(W̄_A/W̄_B)`` tends to all of it.
+    (The midpoint formula with ``Q̄_B = 0`` would give 1/2 whatever the data, and its limit as
+    ``S̄_B → 0`` depends on a ``Q̄_B`` that was never observed.) The same rule is applied in every
+    bootstrap resample, so resamples that happen to draw only non-selecting prompts of a group
+    give a share of 1 rather than 1/2. When neither group selects the unit, ``ΔW = 0``, the share is
+    NaN and the carrier ``"none"``.
+
+    Checked in ``tests/stats/test_stats_wsq_register.py`` by the identities, on planted S-only and
+    Q-only effects, and on never-selected groups against the hand-computed limit.
     """
     s, q, g, confidence = _wsq_iv(s, q, group, dominance, confidence, n_boot)
     w = np.where(s > 0, s * np.nan_to_num(q), 0.0)
@@ -169,6 +197,7 @@ def wsq_decomposition(s, q, group, *, dominance: float = 2 / 3, confidence: floa
     bs = _parts((s[ba].mean(1), s[bb].mean(1)), (w[ba].mean(1), w[bb].mean(1)))
     with np.errstate(divide="ignore", invalid="ignore"):
         boot_share = bs[5] / bs[4]
+    n_dropped = int(np.sum(~np.isfinite(boot_share)))
     boot_share = boot_share[np.isfinite(boot_share)]
     alpha = 1 - confidence
     ci = ((float(np.quantile(boot_share, alpha / 2)), float(np.quantile(boot_share, 1 - alpha / 2)))
@@ -181,6 +210,23 @@ def wsq_decomposition(s, q, group, *, dominance: float = 2 / 3, confidence: floa
         carrier = "Q"
     else:
         carrier = "both"
+    flags = []
+    for label, s_g in (("A", sa), ("B", sb)):
+        if s_g == 0 and dw != 0:
+            flags.append(Flag("q_undefined",
+                              f"group {label} never selects the unit (mean S = 0), so its Q is "
+                              "undefined (reported as NaN); the whole ΔW is a selection effect "
+                              "and the S share is 1"))
+    if n_dropped and boot_share.size:
+        flags.append(Flag("s_share_resamples_undefined",
+                          f"{n_dropped} of {n_boot} bootstrap resamples have ΔW = 0 (no S share) "
+                          "and are left out of the interval"))
+    if sa == 0:
+        qa = np.nan
+    if sb == 0:
+        qb = np.nan
+    if sa == 0 or sb == 0:
+        lrq = np.nan
     qa_sel, qb_sel = q[g & (s > 0)], q[~g & (s > 0)]
     with np.errstate(divide="ignore", invalid="ignore"):
         d_q = float(_d(qa_sel, qb_sel)) if qa_sel.size >= 2 and qb_sel.size >= 2 else np.nan
@@ -193,5 +239,5 @@ def wsq_decomposition(s, q, group, *, dominance: float = 2 / 3, confidence: floa
         s_share=share, s_share_ci=ci, log_ratio_w=lrw, log_ratio_s=lrs, log_ratio_q=lrq,
         d_s=d_s, d_q=d_q, d_w=d_w, carrier=carrier, dominance=float(dominance),
         n_q_missing_a=int(np.sum(g & (s == 0))), n_q_missing_b=int(np.sum(~g & (s == 0))),
-        confidence=confidence,
+        confidence=confidence, flags=tuple(flags),
     )

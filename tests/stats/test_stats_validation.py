@@ -1,9 +1,18 @@
 import numpy as np
 import pytest
 
-from stats import (ablation_summary, all_unit_baseline, compare_groups, compare_runs,
-                   paired_permutation_test, parse_unit_id, permutation_test, register_analysis,
-                   wsq_decomposition)
+from stats import (
+    ablation_summary,
+    all_unit_baseline,
+    compare_groups,
+    compare_runs,
+    paired_permutation_test,
+    parse_unit_id,
+    permutation_test,
+    register_analysis,
+    variance_check,
+    wsq_decomposition,
+)
 
 X = np.arange(12.0).reshape(6, 2)
 G = np.array([1, 1, 1, 0, 0, 0], bool)
@@ -38,6 +47,16 @@ G = np.array([1, 1, 1, 0, 0, 0], bool)
     (lambda: ablation_summary([1.0, 2.0], [0.0, 1.0], relative_definition="median"), "`relative_definition` must be"),
     (lambda: compare_runs(((1, 2),)), "`runs` must be two"),
     (lambda: parse_unit_id("E114"), "`unit` 'E114' is not a unit id"),
+    (lambda: permutation_test(X, G, null="same_median"), "`null` must be None, 'exchangeable' or 'equal_means'"),
+    (lambda: permutation_test(X, G, resampling="wild"), "`resampling` must be None or 'permutation' with null='exchangeable'"),
+    (lambda: permutation_test(X, G, null="equal_means", resampling="jackknife"), "`resampling` must be None or one of"),
+    (lambda: paired_permutation_test(X, null="equal_means"), "`null` must be None or 'symmetric' for a paired design"),
+    (lambda: all_unit_baseline(X, None, statistic="mean", null="equal_means"), "`null` must be None or 'symmetric'"),
+    (lambda: all_unit_baseline(X, G, null="exchangable"), "`null` must be None, 'exchangeable' or 'equal_means'"),
+    (lambda: permutation_test(np.ones((40, 2)) * np.arange(40)[:, None], np.arange(40) < 20, exact_cap=10 ** 12), "`exact_cap`=1,000,000,000,000 asks for exact enumeration"),
+    (lambda: variance_check(X, G[:4]), "`group` must be a boolean mask"),
+    (lambda: variance_check(np.r_[np.nan, 1, 2, 3, 4, 5], G), "`x` contains NaN"),
+    (lambda: variance_check(X, G, unit_ids=["a"]), "`unit_ids` must have one id per unit"),
 ])
 def test_input_validation_messages(call, match):
     with pytest.raises(ValueError, match=match):

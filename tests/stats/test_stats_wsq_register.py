@@ -109,3 +109,51 @@ def test_single_crossing_prompt_and_hc3_leverage_flag():
     assert list(r.crossing["item"]) == ["cat"] and r.register_effect > 0.04
     r3 = register_analysis(v, cls, reg, ids=ids, cov_type="HC3")
     assert "leverage_one" in {f.code for f in r3.flags}
+
+
+S_A = [0.70, 0.65, 0.72, 0.68, 0.70, 0.69]
+Q_A = [0.120, 0.118, 0.121, 0.119, 0.120, 0.122]
+
+
+def test_never_selected_group_makes_the_whole_difference_a_selection_effect():
+    # the example: NOFIRE never selects the unit. Hand computation: W_B = 0, so
+    # ΔW = mean(s_A·q_A); Q_B undefined -> taken equal to Q_A, ΔQ = 0, S part = ΔW, share 1.
+    s = np.r_[S_A, np.zeros(6)]
+    q = np.r_[Q_A, np.full(6, np.nan)]
+    r = wsq_decomposition(s, q, [1] * 6 + [0] * 6, n_boot=500, rng=0)
+    assert r.delta_w == pytest.approx(np.mean(np.multiply(S_A, Q_A)))
+    assert r.s_share == 1.0 and r.s_part == pytest.approx(r.delta_w) and r.q_part == 0.0
+    assert r.carrier == "S" and r.s_share_ci == (1.0, 1.0)
+    assert np.isnan(r.q_b) and np.isnan(r.log_ratio_q) and r.log_ratio_s == np.inf
+    assert [f.code for f in r.flags] == ["q_undefined"]
+
+
+def test_resamples_without_a_selection_follow_the_same_rule():
+    # one NOFIRE prompt selects the unit (s = 0.02): resamples that leave it out have S_B = 0 and
+    # a share of 1 (they used to land at 0.5, and the interval reached 1.003).
+    s = np.r_[S_A, np.zeros(5), 0.02]
+    q = np.r_[Q_A, np.full(5, np.nan), 0.10]
+    r = wsq_decomposition(s, q, [1] * 6 + [0] * 6, n_boot=2000, rng=0)
+    qa = np.mean(np.multiply(S_A, Q_A)) / np.mean(S_A)
+    sb, qb = 0.02 / 6, 0.10
+    # midpoint decomposition by hand: S part = ΔS·(Q_A + Q_B)/2
+    assert r.s_share == pytest.approx((np.mean(S_A) - sb) * (qa + qb) / 2 / r.delta_w)
+    assert 0.5 < r.s_share_ci[0] <= r.s_share <= r.s_share_ci[1] <= 1.0
+    # P(a resample of 6 NOFIRE prompts misses the selecting one) = (5/6)^6 ≈ 0.33 > 2.5 %: the
+    # upper bound is exactly the limit, 1
+    assert r.s_share_ci[1] == 1.0 and r.flags == ()
+
+
+def test_ratio_interval_with_a_zero_denominator_is_flagged():
+    from stats import compare_groups
+    fire = [0.07, 0.06, 0.08, 0.05]
+    nofire = [0.0, 0.0, 0.0, 0.002, 0.001]
+    r = compare_groups(fire, nofire, n_boot=999, rng=0)
+    flag = [f for f in r.flags if f.code == "ratio_ci_undefined"]
+    # P(a resample of 5 draws only the three zeros) = (3/5)^5 ≈ 0.078: about 78 of 999
+    assert len(flag) == 1 and "bootstrap resamples of group B have mean 0" in flag[0].message
+    assert r.ratio_ci[1] == np.inf
+    none = compare_groups(fire, [0.0] * 5, n_boot=200, rng=0)
+    assert np.isnan(none.ratio_ci[0]) and [f.code for f in none.flags] == ["ratio_ci_undefined"]
+    ok = compare_groups(fire, [0.003, 0.004, 0.002], n_boot=200, rng=0)
+    assert ok.flags == ()
