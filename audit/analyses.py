@@ -69,7 +69,9 @@ def record_baseline(out: Outcome, analysis: dict, result, ids: list[str], target
                   "holm": result.p_holm, "fdr_bh": result.q_bh, "none": result.p_uncorrected}[correction]
     p_target = float(per_unit_p[ids.index(target)])
     out.quantities.update({"p": p_target, "target_rank": float(result.target_rank), "target_percentile": float(result.target_percentile)})
-    out.numbers.update({"target": target, "correction": correction, "target_p_corrected": p_target,
+    out.numbers.update({"target": target, "correction": correction, "null": result.null, "resampling": result.resampling,
+                        "target_variance_ratio": result.target_variance_ratio,
+                        "target_brown_forsythe_p": result.target_brown_forsythe_p, "target_p_corrected": p_target,
                         "target_statistic": float(result.target_statistic), "target_rank": int(result.target_rank),
                         "family_size": int(result.family_size), "best_unit": result.best_unit,
                         "best_statistic": float(result.best_statistic), "critical_statistic": float(result.critical_value),

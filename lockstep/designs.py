@@ -28,16 +28,16 @@ from . import artifacts
 
 # The analysis settings every kind reads, and their defaults where the design does not set one.
 ANALYSIS_DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType({
-    "two_group": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation"},
+    "two_group": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation", "null": "exchangeable"},
     "all_unit_baseline": {"statistic": "welch_t", "tails": "two-sided", "correction": "maxT_stepdown",
-                          "family": "all_units", "test": "permutation"},
-    "reproduction": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation"},
+                          "family": "all_units", "test": "permutation", "null": "exchangeable"},
+    "reproduction": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation", "null": "exchangeable"},
     "register_vs_class": {},
     "wsq_decomposition": {},
     "ablation_drop": {"pairs": "headline", "mode": "combined", "tails": "greater", "correction": "none",
                       "test": "paired_sign_flip"},
     "specificity": {"pairs": "headline", "control": "control", "mode": "combined", "tails": "greater",
-                    "statistic": "mean_diff", "test": "permutation"},
+                    "statistic": "mean_diff", "test": "permutation", "null": "exchangeable"},
 })
 
 
@@ -135,7 +135,7 @@ ABLATION = Design(
     plan_block="ablation",
     anchored_prompts=False,
     analysis_overrides={"all_unit_baseline": {"statistic": "mean_drop", "tails": "greater", "pairs": "headline",
-                                              "test": "paired_sign_flip"}},
+                                              "test": "paired_sign_flip", "null": "symmetric"}},
 )
 
 DESIGNS: Mapping[str, Design] = MappingProxyType({d.name: d for d in (ROUTING, ABLATION)})

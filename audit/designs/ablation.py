@@ -239,7 +239,7 @@ def specificity(frozen, analysis: dict, runs, settings: Settings) -> Outcome:
     finite = boot[np.isfinite(boot)]
     ci = (float(np.quantile(finite, alpha_ci / 2)), float(np.quantile(finite, 1 - alpha_ci / 2))) if finite.size else (float("nan"),) * 2
     group = (frame["class"] == cls).to_numpy()
-    test = stats.permutation_test(frame["clean_drop"].to_numpy(), group, statistic=analysis["statistic"],
+    test = stats.permutation_test(frame["clean_drop"].to_numpy(), group, statistic=analysis["statistic"], null=analysis["null"],
                                   alternative=tails, n_resamples=settings.n_resamples, exact_cap=settings.exact_cap,
                                   rng=np.random.default_rng(settings.seed))
     p = float(test.pvalue)
@@ -294,7 +294,7 @@ def head_baseline(frozen, analysis: dict, runs, settings: Settings) -> Outcome:
     result = stats.all_unit_baseline(wide.to_numpy(dtype=float), None, unit_ids=ids, target=target, statistic="mean",
                                      alternative=tails, n_resamples=settings.n_resamples, exact_cap=settings.exact_cap,
                                      alpha=settings.alpha, rng=np.random.default_rng(settings.seed), dtype=np.float64,
-                                     nan_policy="drop_units")
+                                     nan_policy="drop_units", null=analysis["null"])
     out.numbers["n_pairs"] = int(wide.shape[0])
     for t in targets:
         out.numbers[f"{t}_mean_drop"] = float(result.statistic[ids.index(t)])

@@ -93,7 +93,8 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
     rng = np.random.default_rng(settings.seed)
     effect = stats.compare_groups(values[group], values[~group], ids_a=list(prompts["prompt_id"][group]),
                                   ids_b=list(prompts["prompt_id"][~group]), n_boot=settings.n_boot, rng=rng)
-    test = stats.permutation_test(values, group, statistic=analysis["statistic"],
+    flag_warnings(out, effect.flags)
+    test = stats.permutation_test(values, group, statistic=analysis["statistic"], null=analysis["null"],
                                   alternative=analysis["tails"], n_resamples=settings.n_resamples,
                                   exact_cap=settings.exact_cap, rng=np.random.default_rng(settings.seed))
     p = float(test.pvalue)
@@ -103,7 +104,8 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
         "n_a": n_a, "n_b": n_b, "mean_a": effect.mean_a, "mean_b": effect.mean_b, "ratio": effect.ratio,
         "ratio_ci_low": effect.ratio_ci[0], "ratio_ci_high": effect.ratio_ci[1], "cohen_d": effect.cohen_d,
         "cohen_d_ci_low": effect.cohen_d_ci[0], "cohen_d_ci_high": effect.cohen_d_ci[1], "hedges_g": effect.hedges_g,
-        "auc": effect.auc, "p_value": p, "exact": bool(test.exact),
+        "auc": effect.auc, "p_value": p, "exact": bool(test.exact), "null": test.null, "resampling": test.resampling,
+        "variance_ratio": effect.variance_ratio, "brown_forsythe_p": effect.brown_forsythe_p,
         "n_relabelings": math.comb(n_a + n_b, n_a) if test.exact else int(test.n_resamples),
         "ranges_overlap": bool(effect.ranges_overlap)}.items()})
     crossing = set(effect.crossing_a) | set(effect.crossing_b)
@@ -134,10 +136,14 @@ def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: 
         return out
     out.primary_passed = passed
     g = analysis["groups"]
+    if out.numbers["null"] == "equal_means":  # a resampling test of equal means, not a relabeling test
+        how = f"{out.numbers['resampling']} bootstrap p = {out.quantities['p']:.4g} ({analysis['tails']}; equal means, " \
+              f"{out.numbers['n_relabelings']} resamples)"
+    else:
+        how = (f"permutation p = {out.quantities['p']:.4g} ({analysis['tails']}; {'exact' if out.numbers['exact'] else 'Monte Carlo'}, "
+               f"{out.numbers['n_relabelings']} relabelings)")
     out.primary_text = (f"{analysis['unit']} {analysis['metric']} in the {analysis['zone']} zone, {g['a']} vs {g['b']}: "
-                        f"mean {out.numbers['mean_a']:.4g} vs {out.numbers['mean_b']:.4g}, permutation p = {out.quantities['p']:.4g} "
-                        f"({analysis['tails']}; {'exact' if out.numbers['exact'] else 'Monte Carlo'}, "
-                        f"{out.numbers['n_relabelings']} relabelings) against alpha {settings.alpha}")
+                        f"mean {out.numbers['mean_a']:.4g} vs {out.numbers['mean_b']:.4g}, {how} against alpha {settings.alpha}")
     _wsq_table(run, analysis, out)
     return out
 
@@ -149,7 +155,9 @@ def _wsq_table(run: RunData, analysis: dict, out: Outcome) -> None:
         row = {"analysis_id": analysis["id"], "unit": analysis["unit"], "group": label}
         for metric in ("W", "S", "Q"):
             x, ids = run.matrix(analysis["zone"], metric, list(prompts["prompt_id"][mask]))
-            row[metric] = float(np.nanmean(x[:, ids.index(analysis["unit"])])) if mask.any() else float("nan")
+            column = x[:, ids.index(analysis["unit"])]
+            # Q of a group that never selects the unit is undefined (NaN), not 0
+            row[metric] = float(np.nanmean(column)) if mask.any() and np.isfinite(column).any() else float("nan")
         rows.append(row)
     out.tables["wsq"] = pd.DataFrame(rows)
 
@@ -171,7 +179,7 @@ def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], se
         out.not_established = f"the target unit is not among the {len(ids)} captured units"
         return out
     x = np.nan_to_num(x, nan=0.0) if analysis["metric"] in ("W", "S") else x
-    result = stats.all_unit_baseline(x, group, unit_ids=ids, target=target, statistic=analysis["statistic"],
+    result = stats.all_unit_baseline(x, group, unit_ids=ids, target=target, statistic=analysis["statistic"], null=analysis["null"],
                                      alternative=analysis["tails"], n_resamples=settings.n_resamples,
                                      exact_cap=settings.exact_cap, alpha=settings.alpha,
                                      rng=np.random.default_rng(settings.seed), dtype=np.float64, nan_policy="drop_units")
@@ -259,6 +267,7 @@ def wsq_decomposition(frozen, analysis: dict, runs: Callable[[str], RunData], se
         return out
     j = ids.index(analysis["unit"])
     result = stats.wsq_decomposition(s[:, j], q[:, j], group, n_boot=settings.n_boot, rng=np.random.default_rng(settings.seed))
+    flag_warnings(out, result.flags)
     share = float(result.s_part / result.delta_w) if result.delta_w else float("nan")
     out.quantities.update({"s_share": share})
     out.numbers.update({"carrier": result.carrier, "delta_w": float(result.delta_w), "s_part": float(result.s_part), "s_share": share,
