@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 import os
 import subprocess
 import sys
@@ -50,6 +51,14 @@ def _frozen(root: Path, name: str = "demo-ablation", edit_spec=None, extra_promp
         path = study / "prompts.jsonl"
         make_writable(path)
         path.write_text(path.read_text() + "".join(json.dumps(p) + "\n" for p in extra_prompts))
+        # the plan's counts must stay the prompt file's (lockstep validate refuses them otherwise)
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        plan_path = study / "study.yaml"
+        spec = yaml.safe_load(plan_path.read_text())
+        for key, field_name in (("classes", "class"), ("splits", "split")):
+            spec["sampling_plan"][key] = dict(Counter(r[field_name] for r in records))
+        make_writable(plan_path)
+        plan_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     commit_all(root, "add study")
     freeze(study)
     commit_all(root, "freeze")

@@ -75,8 +75,10 @@ def test_a_frozen_study_whose_files_changed_is_refused_and_pointed_to_amend(demo
 
 def test_uncommitted_changes_are_refused_unless_allowed(demo_study):
     make_writable(demo_study / "prompts.jsonl")
-    with open(demo_study / "prompts.jsonl", "a") as handle:
-        handle.write('{"id": "fire-99", "class": "FIRE", "split": "heldout", "text": "i hum", "anchors": ["hum"]}\n')
+    lines = (demo_study / "prompts.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["text"] += " indeed"  # an uncommitted edit that keeps the plan valid (anchors, counts)
+    (demo_study / "prompts.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
     with pytest.raises(DirtyStudy, match=r"preregistrations/demo/prompts\.jsonl") as info:
         freeze(demo_study)
     assert "--allow-dirty" in info.value.hint
