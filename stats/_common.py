@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Flag", "unit_id", "parse_unit_id"]
+from lockstep.units import parse_unit_id, unit_id  # the one owner of unit ids (re-exported)
 
-_UNIT_RE = re.compile(r"^L(\d+)([A-Z])(\d+)$")
+__all__ = ["Flag", "unit_id", "parse_unit_id"]
 
 
 @dataclass(frozen=True)
@@ -26,19 +25,6 @@ class Flag:
 
     code: str
     message: str
-
-
-def unit_id(layer: int, index: int, kind: str = "E") -> str:
-    """Return the string id of a unit: ``unit_id(14, 114) == "L14E114"``; ``kind="H"`` for heads."""
-    return f"L{int(layer)}{kind}{int(index)}"
-
-
-def parse_unit_id(uid: str) -> tuple[int, str, int]:
-    """Inverse of :func:`unit_id`: ``"L31H14" -> (31, "H", 14)``."""
-    m = _UNIT_RE.match(uid)
-    if m is None:
-        raise ValueError(f"`unit` {uid!r} is not a unit id like 'L14E114' or 'L31H14'.")
-    return int(m.group(1)), m.group(2), int(m.group(3))
 
 
 def as_generator(rng) -> np.random.Generator:
