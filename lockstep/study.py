@@ -224,6 +224,14 @@ def _check_claims(spec: dict, records: list[dict], study: Parsed, add) -> None:
             elif hyp["direction"] != "none_expected" and hyp["direction"] != tails:
                 add("study.yaml", study, f"{at}/direction", f"is {hyp['direction']!r} but analysis {analysis['id']!r} tests tails "
                     f"{tails!r} (group a {_group_a(analysis)!r} against b); a directional claim is tested in its own direction")
+        if hyp["direction"] == "none_expected":
+            bounds = [n for n in hyp["thresholds"] if n.startswith("max_")]
+            if "alpha" not in hyp["thresholds"]:
+                add("study.yaml", study, f"{at}/thresholds", "a none_expected claim must list alpha: without it the "
+                    "separation test is never allowed to reject, and 'no separation' holds whatever the data")
+            if hyp["kind"] == "confirmatory" and not bounds:
+                add("study.yaml", study, f"{at}/thresholds", "a confirmatory none_expected claim needs an equivalence-style "
+                    "bound on the effect (a max_* threshold, e.g. max_cohen_d); a test that fails to reject confirms nothing")
         outputs = ANALYSIS_OUTPUTS[analysis["kind"]]
         for j, name in enumerate(hyp["thresholds"]):
             op, candidates = threshold_quantity(name)

@@ -268,12 +268,36 @@ def wsq_decomposition(frozen, analysis: dict, runs: Callable[[str], RunData], se
     j = ids.index(analysis["unit"])
     result = stats.wsq_decomposition(s[:, j], q[:, j], group, n_boot=settings.n_boot, rng=np.random.default_rng(settings.seed))
     flag_warnings(out, result.flags)
-    share = float(result.s_part / result.delta_w) if result.delta_w else float("nan")
-    out.quantities.update({"s_share": share})
+    share = float(result.s_share)
+    # a share of a W difference means something only when that difference is in the claimed direction and
+    # distinguishable from zero: the per-prompt W of the unit, tested as a two-group analysis would
+    w, _ = run.matrix(analysis["zone"], "W", list(prompts["prompt_id"]))
+    w_unit = np.nan_to_num(w[:, j], nan=0.0)
+    test = stats.permutation_test(w_unit, group, statistic=analysis["statistic"], alternative=analysis["tails"],
+                                  null=analysis["null"], n_resamples=settings.n_resamples, exact_cap=settings.exact_cap,
+                                  rng=np.random.default_rng(settings.seed))
+    p = float(test.pvalue)
+    out.quantities.update({"s_share": share, "p": p})
     out.numbers.update({"carrier": result.carrier, "delta_w": float(result.delta_w), "s_part": float(result.s_part), "s_share": share,
-                        "s_a": float(result.s_a), "s_b": float(result.s_b), "q_a": float(result.q_a), "q_b": float(result.q_b)})
-    out.primary_passed = bool(np.isfinite(share))
-    out.primary_text = f"{analysis['unit']}: ΔW = {result.delta_w:.4g}, of which the S part is {share:.0%}; carrier: {result.carrier}"
+                        "s_share_ci_low": float(result.s_share_ci[0]), "s_share_ci_high": float(result.s_share_ci[1]),
+                        "s_a": float(result.s_a), "s_b": float(result.s_b), "q_a": float(result.q_a), "q_b": float(result.q_b),
+                        "delta_w_p": p, "null": test.null})
+    in_direction = direction_ok(float(result.delta_w), analysis["tails"])
+    # a share outside [0, 1] means the S and Q parts pull opposite ways; a point estimate just past 1 whose
+    # interval still reaches [0, 1] is a Q part indistinguishable from zero, not opposite signs
+    low, high = (float(v) for v in result.s_share_ci)
+    within = bool(np.isfinite(share) and (0.0 <= share <= 1.0 or (np.isfinite(low) and np.isfinite(high)
+                                                                   and low <= 1.0 and high >= 0.0)))
+    out.primary_passed = bool(in_direction and p <= settings.alpha and within)
+    why = []
+    if not in_direction or p > settings.alpha:
+        why.append(f"the W difference it splits is not established in the {analysis['tails']} direction "
+                   f"(ΔW = {result.delta_w:.4g}, p = {p:.4g} against alpha {settings.alpha})")
+    if not within:
+        why.append(f"an S share of {share:.3g} [{low:.3g}, {high:.3g}] lies outside [0, 1]: the S and Q parts have opposite signs")
+    out.primary_text = (f"{analysis['unit']}: ΔW = {result.delta_w:.4g} (p = {p:.4g}, {analysis['tails']}), of which the S part "
+                        f"is {share:.0%} [{result.s_share_ci[0]:.0%}, {result.s_share_ci[1]:.0%}]; carrier: {result.carrier}"
+                        + (f"; {'; '.join(why)}" if why else ""))
     _wsq_table(run, {**analysis, "metric": "W"}, out)
     return out
 

@@ -75,3 +75,31 @@ def test_a_never_selected_unit_reaches_the_ledger_as_a_flag():
     # stats.wsq_decomposition: the NOFIRE group never selects L0E0, so the whole W difference is S's
     assert out.numbers["carrier"] == "S" and out.quantities["s_share"] == 1.0
     assert "q_undefined" in {w.code for w in out.warnings}
+
+
+def _wsq(s_fire, s_nofire, q_fire, q_nofire):
+    n_a = len(s_fire)
+    s = np.r_[s_fire, s_nofire][:, None].repeat(2, axis=1)
+    q = np.r_[q_fire, q_nofire][:, None].repeat(2, axis=1)
+    run = _run(s * q, s, n_a)
+    return analysis_for("routing", "wsq_decomposition")(_frozen(), _spec("wsq_decomposition", unit="L0E0"), lambda _: run, SETTINGS)
+
+
+def test_mostly_s_holds_only_on_a_real_w_difference_in_the_claimed_direction():
+    rng = np.random.default_rng(3)
+    q = np.r_[rng.uniform(0.11, 0.12, 10), rng.uniform(0.10, 0.11, 10)]  # Q a little higher on FIRE: both parts positive
+    # a clear selection effect: FIRE selects L0E0 about 70 % of the time, NOFIRE about 10 %
+    real = _wsq(rng.uniform(0.6, 0.8, 10), rng.uniform(0.05, 0.15, 10), q[:10], q[10:])
+    assert real.primary_passed and 0.5 < real.quantities["s_share"] <= 1.0
+    # the same decomposition the other way round: the W difference is negative, the claim says more on FIRE
+    reversed_ = _wsq(rng.uniform(0.05, 0.15, 10), rng.uniform(0.6, 0.8, 10), q[:10], q[10:])
+    assert not reversed_.primary_passed and "not established in the greater direction" in reversed_.primary_text
+    # a W difference indistinguishable from zero (same S distribution): the share of nothing is not a result
+    same, q_same = rng.uniform(0.4, 0.6, 20), rng.uniform(0.10, 0.12, 20)
+    noise = _wsq(same[:10], same[10:], q_same[:10], q_same[10:])
+    assert noise.quantities["p"] > 0.05 and not noise.primary_passed
+    # opposite signs: FIRE selects more but with much lower weight, so ΔW is a small remainder of two large parts
+    opposed = _wsq(rng.uniform(0.68, 0.72, 10), rng.uniform(0.33, 0.37, 10), rng.uniform(0.075, 0.085, 10),
+                   rng.uniform(0.105, 0.115, 10))
+    assert opposed.quantities["s_share"] > 1.5 and not opposed.primary_passed
+    assert "opposite signs" in opposed.primary_text

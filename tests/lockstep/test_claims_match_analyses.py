@@ -64,6 +64,13 @@ CASES = {
     # a confirmatory claim with no decision criterion
     "confirmatory_without_criteria": (lambda s: _set(_hyp(s, "H1"), thresholds=[]), "/hypotheses/0/thresholds",
                                       "needs at least one decision criterion"),
+    # "no separation" that can never be rejected, or confirmed by a mere failure to reject
+    "none_expected_without_alpha": (lambda s: (_set(_hyp(s, "H1"), direction="none_expected", kind="exploratory",
+                                                    thresholds=["max_ratio"]), _set(_analysis(s, "A1"), tails="two-sided")),
+                                    "/hypotheses/0/thresholds", "must list alpha"),
+    "confirmatory_none_expected_without_bound": (lambda s: (_set(_hyp(s, "H1"), direction="none_expected", thresholds=["alpha"]),
+                                                            _set(_analysis(s, "A1"), tails="two-sided")),
+                                                 "/hypotheses/0/thresholds", "needs an equivalence-style bound"),
     # plan counts that disagree with the prompt file
     "plan_counts_disagree": (lambda s: _set(s["sampling_plan"], classes={"FIRE": 40, "NOFIRE": 12}),
                              "/sampling_plan/classes/FIRE", "says 40, but prompts.jsonl has 12"),
