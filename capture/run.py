@@ -94,14 +94,14 @@ def run_capture(
     runs = runtime.select_runs(frozen, run_ids)
     module.check_request(frozen, runs, shard=shard, options=options)
     root = artifacts.runs_root_of(frozen, runs_root)
+    stores = [RunStore(artifacts.run_dir(root, frozen.study_id, run["id"])) for run in runs]
+    if all(store.is_complete() for store in stores):
+        return [store.root for store in stores]  # nothing to capture: do not load the model
     setup = module.setup(frozen, root, overrides, model_path, device_map, options)
     found = runtime.deviations(frozen, setup.ld.source, setup.ld.facts, overrides)
     runtime.refuse_deviations(found, allow_deviation)
     work = module.prepare(frozen, setup, overrides)
-    paths = []
-    for run in runs:
-        store = RunStore(artifacts.run_dir(root, frozen.study_id, run["id"]))
-        paths.append(store.root)
+    for run, store in zip(runs, stores):
         if not store.is_complete():
             module.capture_run(frozen, run, setup, work, store, shard=shard, progress=progress, deviations=found)
-    return paths
+    return [store.root for store in stores]

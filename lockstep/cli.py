@@ -140,13 +140,15 @@ def journal(study_dir: Path) -> None:
 
 @cli.command()
 @click.option("--study", "study_dir", default="preregistrations/demo", type=click.Path(path_type=Path), show_default=True)
-def demo(study_dir: Path) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr (as `lockstep capture --no-progress`).")
+def demo(study_dir: Path, no_progress: bool) -> None:
     """Run the whole pipeline on the embedded synthetic demo study."""
     ctx = click.get_current_context()
     ctx.invoke(prereg, study_dir=study_dir, allow_dirty=False)
     for stage in ("capture", "label", "audit"):
         click.echo(f"== {stage}")
-        ctx.invoke(cli.commands[stage], study_dir=study_dir)
+        extra = {"no_progress": no_progress} if stage == "capture" else {}
+        ctx.invoke(cli.commands[stage], study_dir=study_dir, **extra)
 
 
 def _register_stage_commands() -> None:

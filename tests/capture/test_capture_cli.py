@@ -240,3 +240,14 @@ def test_runs_root_and_the_plan_in_force_carry_through_label_audit_and_verify(tm
     results = verify_target(study)
     assert exit_code_of(results) == 0, [r for r in results if not r.ok]
     assert any("equals the one recomputed" in r.message for r in results)  # the ledger was recomputed from the runs elsewhere
+
+
+def test_capturing_complete_runs_again_does_not_load_the_model(demo_capture, tmp_path):
+    """Nothing left to capture: the orchestrator returns before any model loads (weights that are not
+    there would otherwise stop it with WeightsNotFound)."""
+    frozen, run_dirs = demo_capture
+    root = run_dirs["greedy"].parent.parent
+    again = run_capture(frozen, runs_root=root, progress=False, model_path=tmp_path / "no-weights-here")
+    assert again == [run_dirs[r["id"]] for r in frozen.spec["runtime"]["runs"]]
+    with pytest.raises(WeightsNotFound):  # the same call with a run left to capture does load
+        run_capture(frozen, runs_root=tmp_path / "empty", progress=False, model_path=tmp_path / "no-weights-here")
