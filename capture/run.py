@@ -15,6 +15,7 @@ from typing import Any
 from lockstep import artifacts
 from lockstep.designs import design_of
 from lockstep.errors import UsageError
+from lockstep.models import folder_identity
 
 from . import runtime
 from .designs import capture_design
@@ -97,8 +98,12 @@ def run_capture(
     stores = [RunStore(artifacts.run_dir(root, frozen.study_id, run["id"])) for run in runs]
     if all(store.is_complete() for store in stores):
         return [store.root for store in stores]  # nothing to capture: do not load the model
+    source = runtime.resolve_model(frozen, root, model_path)
+    identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
+    found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
+    runtime.refuse_deviations(found, allow_deviation)
     setup = module.setup(frozen, root, overrides, model_path, device_map, options)
-    found = runtime.deviations(frozen, setup.ld.source, setup.ld.facts, overrides)
+    found = found + runtime.deviations(frozen, setup.ld.facts, overrides)
     runtime.refuse_deviations(found, allow_deviation)
     work = module.prepare(frozen, setup, overrides)
     for run, store in zip(runs, stores):

@@ -11,6 +11,7 @@ deviations, in which case each one is recorded in the run manifest.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,17 +144,50 @@ def template_facts(tok, runtime: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def deviations(
-    frozen, source: ModelSource, facts: dict[str, Any], overrides: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Every way this runtime differs from the preregistration, as ``{field, preregistered, actual}``."""
-    model, runtime = frozen.spec["model"], frozen.spec["runtime"]
+def first_capture_identity(runs_root: Path, study_id: str) -> dict[str, Any] | None:
+    """The model identity the study's first completed capture recorded (None before any)."""
+    found = []
+    for manifest_path in sorted((Path(runs_root) / study_id).glob(f"*/{artifacts.MANIFEST}")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue
+        model = manifest.get("model", {})
+        if model.get("weights_sha256"):
+            found.append((manifest.get("started_utc") or "", manifest.get("run_id"), model))
+    if not found:
+        return None
+    _, run_id, model = min(found, key=lambda item: (item[0], str(item[1])))
+    return {"run_id": run_id, "weights_sha256": model.get("weights_sha256"), "tokenizer_sha256": model.get("tokenizer_sha256")}
+
+
+def source_deviations(frozen, source: ModelSource, identity: dict[str, Any], first: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """How the weights and tokenizer found differ from the plan: its revision, its pinned digests, or (unpinned)
+    the digests of the study's first capture. Checked before the model loads."""
+    model = frozen.spec["model"]
     found = []
     pinned = model.get("revision")
+    by_content = bool(model.get("weights_sha256")) or model.get("revision_policy") == "record_at_first_capture"
     if pinned is not None and source.revision is not None and source.revision != pinned:
         found.append({"field": "/model/revision", "preregistered": pinned, "actual": source.revision})
-    if pinned is not None and source.revision is None:
-        found.append({"field": "/model/revision", "preregistered": pinned, "actual": "unverifiable local folder"})
+    if pinned is not None and source.revision is None and not by_content:
+        found.append({"field": "/model/revision", "preregistered": pinned,
+                      "actual": "unverifiable local folder (pin /model/weights_sha256 to name it by its content)"})
+    for key in ("weights_sha256", "tokenizer_sha256"):
+        if model.get(key):
+            if identity[key] != model[key]:
+                found.append({"field": f"/model/{key}", "preregistered": model[key], "actual": identity[key]})
+        elif first is not None and first.get(key) and first[key] != identity[key]:
+            found.append({"field": f"/model/{key}", "preregistered": f"{first[key]} (the study's first capture, run {first['run_id']})",
+                          "actual": identity[key]})
+    return found
+
+
+def deviations(frozen, facts: dict[str, Any], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every way this runtime (template, dtype, batch size, token budget) differs from the preregistration,
+    as ``{field, preregistered, actual}``; the model's own identity is :func:`source_deviations`."""
+    model, runtime = frozen.spec["model"], frozen.spec["runtime"]
+    found = []
     if runtime.get("chat_template", "chatml") == "chatml" and not facts["chatml"]:
         found.append({"field": "/runtime/chat_template", "preregistered": "chatml", "actual": "not ChatML"})
     if runtime.get("enable_thinking") is False and facts.get("thinking_flag_honoured") is False:
@@ -232,6 +266,8 @@ def base_run_config(frozen, run, ld: Loaded, batch_size: int, deviations) -> dic
 
 def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str, deviations) -> dict[str, Any]:
     """The manifest fields every design writes (schemas/run-manifest.schema.json); designs add their own."""
+    from lockstep.models import folder_identity
+
     from lockstep.fsio import utc_now
     from lockstep.provenance import git_info, package_versions
 
@@ -243,6 +279,7 @@ def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str,
             "revision": ld.source.revision, "config_sha256": config["model_config_sha256"],
             "class": type(ld.model).__name__, "dtype": ld.dtype,
             "devices": sorted({str(p.device) for p in ld.model.parameters()}),
+            **folder_identity(ld.source.path),
         },
         "tokenizer": {"loader": ld.tokenizer_loader, "template": ld.facts},
         "decoding": run, "batch_size": config["batch_size"], "deviations": deviations,

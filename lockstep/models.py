@@ -12,9 +12,60 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CaptureError, WeightsNotFound
-from .fsio import sha256_file
+from .fsio import sha256_bytes, sha256_file
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes a study may ask for
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
+
+
+def _cache_path() -> Path:
+    import os
+
+    root = os.environ.get("LOCKSTEP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lockstep")
+    return Path(root) / "file-sha256.json"
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (resolved path, size, mtime) so that a 70 GB model is hashed once."""
+    from .fsio import atomic_write, pretty_json
+
+    real = Path(path).resolve()
+    st = real.stat()
+    key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _cache_path()
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = sha256_file(real)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_file, pretty_json(cache))
+        except OSError:
+            pass  # a read-only home: hash again next time
+    return cache[key]
+
+
+def folder_identity(folder: Path) -> dict:
+    """What a model folder is, by content: the sha256 of every weight and tokenizer file, and one digest of each set.
+
+    A digest is the sha256 of the sorted ``sha256  name`` lines (the form ``sha256sum`` prints), so a renamed,
+    added, removed or changed file changes it.
+    """
+    folder = Path(folder)
+
+    def digest(files: dict[str, str]) -> str:
+        return sha256_bytes("".join(f"{sha}  {name}\n" for name, sha in sorted(files.items())).encode())
+
+    entries = sorted(p for p in folder.iterdir() if p.is_file())
+    weights = {p.name: cached_sha256(p) for p in entries if p.name.endswith(WEIGHT_SUFFIXES)}
+    tokenizer = {p.name: cached_sha256(p) for p in entries if p.name in TOKENIZER_FILES}
+    return {"weight_files": weights, "weights_sha256": digest(weights),
+            "tokenizer_files": tokenizer, "tokenizer_sha256": digest(tokenizer)}
 
 
 @dataclass(frozen=True)
