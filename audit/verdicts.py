@@ -85,7 +85,7 @@ class Verdict:
 
 
 # Warnings that make a claim whose primary criterion passed only partly held.
-NAMED_WARNINGS = ("best_not_target", "spill_in_zone")
+NAMED_WARNINGS = ("best_not_target", "spill_in_zone", "register_not_above_class")
 
 
 def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], design: Design) -> Verdict:

@@ -47,7 +47,7 @@ ANALYSIS_OUTPUTS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType
     "two_group": {"quantities": ("p", "ratio", "cohen_d", "hedges_g", "auc", "mean_diff"), "parameters": ()},
     "all_unit_baseline": {"quantities": ("p", "target_rank", "target_percentile"), "parameters": ()},
     "reproduction": {"quantities": ("p", "ratio", "cohen_d", "reproduction_ratio", "reproduction_d"), "parameters": ()},
-    "register_vs_class": {"quantities": ("p", "register_effect", "class_effect"), "parameters": ()},
+    "register_vs_class": {"quantities": ("p", "register_effect", "class_effect", "register_minus_class"), "parameters": ()},
     "wsq_decomposition": {"quantities": ("s_share", "p"), "parameters": ()},
     "ablation_drop": {"quantities": ("p", "mean_drop", "relative_drop"), "parameters": ()},
     "specificity": {"quantities": ("p", "specificity_ratio", "mean_drop", "control_mean_drop"),

@@ -30,8 +30,10 @@ class RegisterResult:
         Columns ``prompt_class, register, n, mean, sd`` for the four cells (``n = 0`` cells kept).
     coefficients : pandas.DataFrame
         Columns ``term, estimate, std_error, ci_low, ci_high, pvalue`` for ``Intercept``,
-        ``register`` (target register vs not, holding class fixed) and ``prompt_class`` (target
-        class vs not, holding register fixed). NaN when the two indicators are confounded.
+        ``register`` (target register vs not, holding class fixed), ``prompt_class`` (target
+        class vs not, holding register fixed) and ``register - prompt_class`` (the contrast a claim
+        "the register rather than the class" states: its estimate, standard error, interval and
+        two-sided p from ``fit.t_test``). NaN when the model cannot be fitted.
     register_effect, class_effect : float
         The two slopes.
     crossing : pandas.DataFrame
@@ -41,8 +43,10 @@ class RegisterResult:
         The statsmodels covariance used (``"nonrobust"`` by default).
     formula : str
     flags : tuple of Flag
-        ``register_confounded_with_class`` (no crossing item: the model cannot separate them),
-        ``empty_cell``, ``leverage_one`` (a robust covariance is undefined for a single-item cell).
+        ``register_confounded_with_class`` (every item's register is its class's, or the opposite:
+        the model cannot separate them), ``register_constant`` / ``class_constant`` (one indicator
+        never varies: nothing to compare), ``empty_cell``, ``leverage_one`` (a robust covariance is
+        undefined for a single-item cell).
     """
 
     cells: pd.DataFrame
@@ -82,7 +86,8 @@ def _register_iv(value, prompt_class, register, ids, confidence, cov_type):
 
 def register_analysis(value, prompt_class, register, *, target_class="FIRE",
                       target_register="target", ids=None, confidence: float = 0.95,
-                      cov_type: str = "nonrobust") -> RegisterResult:
+                      cov_type: str = "nonrobust", other_class: str | None = None,
+                      other_register: str | None = None) -> RegisterResult:
     """2×2 prompt class × generated register table and ``value ~ register + prompt_class``.
 
     Parameters
@@ -94,6 +99,9 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
         indicators.
     ids : sequence of str, optional
         Prompt ids, used to list the crossing items.
+    other_class, other_register : str, optional
+        Names of the other class and register in the cell table (default ``not_<target>``), so a
+        table says NOFIRE and the rubric's own label.
     confidence : float
     cov_type : str
         statsmodels covariance type. ``"nonrobust"`` (default) or HC0–HC3. A single-item cell has
@@ -120,8 +128,8 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
     for c in (1, 0):
         for r in (1, 0):
             sel = v[(cls == c) & (reg == r)]
-            rows.append({"prompt_class": target_class if c else f"not_{target_class}",
-                         "register": target_register if r else f"not_{target_register}",
+            rows.append({"prompt_class": target_class if c else (other_class or f"not_{target_class}"),
+                         "register": target_register if r else (other_register or f"not_{target_register}"),
                          "n": int(sel.size), "mean": float(sel.mean()) if sel.size else np.nan,
                          "sd": float(sel.std(ddof=1)) if sel.size > 1 else np.nan})
     cells = pd.DataFrame(rows, columns=["prompt_class", "register", "n", "mean", "sd"])
@@ -132,14 +140,20 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
     formula = "value ~ register + prompt_class"
     design = np.column_stack([np.ones(v.size), reg, cls])
     terms = ["Intercept", "register", "prompt_class"]
+    contrast = "register - prompt_class"
     if (cells["n"] == 0).any():
         empty = cells.loc[cells["n"] == 0, ["prompt_class", "register"]].astype(str).agg("/".join, axis=1)
         flags.append(Flag("empty_cell", f"no prompt in cell(s) {', '.join(empty)}"))
     if np.linalg.matrix_rank(design) < 3:
-        flags.append(Flag("register_confounded_with_class",
-                          "every prompt's register matches its class (or one indicator is constant): "
-                          "register and prompt class cannot be separated"))
-        coef = pd.DataFrame({"term": terms, "estimate": np.nan, "std_error": np.nan, "ci_low": np.nan,
+        if reg.min() == reg.max():
+            flags.append(Flag("register_constant", f"every prompt has register {rg[0]!r}: there is no register "
+                              "difference to compare"))
+        elif cls.min() == cls.max():
+            flags.append(Flag("class_constant", f"every prompt has class {pc[0]!r}: there is no class difference to compare"))
+        else:
+            flags.append(Flag("register_confounded_with_class",
+                              "every prompt's register matches its class: register and prompt class cannot be separated"))
+        coef = pd.DataFrame({"term": terms + [contrast], "estimate": np.nan, "std_error": np.nan, "ci_low": np.nan,
                              "ci_high": np.nan, "pvalue": np.nan}, columns=list(_COEF_COLUMNS))
     else:
         hat = np.einsum("ij,ij->i", design @ np.linalg.pinv(design.T @ design), design)
@@ -150,10 +164,15 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
         with np.errstate(divide="ignore", invalid="ignore"):
             fit = smf.ols(formula, data=frame).fit(cov_type=cov_type)
             ci = fit.conf_int(alpha=1 - confidence)
-        coef = pd.DataFrame({"term": terms, "estimate": fit.params[terms].to_numpy(),
-                             "std_error": fit.bse[terms].to_numpy(),
-                             "ci_low": ci.loc[terms, 0].to_numpy(), "ci_high": ci.loc[terms, 1].to_numpy(),
-                             "pvalue": fit.pvalues[terms].to_numpy()}, columns=list(_COEF_COLUMNS))
+            test = fit.t_test("register - prompt_class = 0")
+            test_ci = np.asarray(test.conf_int(alpha=1 - confidence)).ravel()
+        coef = pd.DataFrame({"term": terms + [contrast],
+                             "estimate": [*fit.params[terms].to_numpy(), float(np.ravel(test.effect)[0])],
+                             "std_error": [*fit.bse[terms].to_numpy(), float(np.ravel(test.sd)[0])],
+                             "ci_low": [*ci.loc[terms, 0].to_numpy(), float(test_ci[0])],
+                             "ci_high": [*ci.loc[terms, 1].to_numpy(), float(test_ci[1])],
+                             "pvalue": [*fit.pvalues[terms].to_numpy(), float(np.ravel(test.pvalue)[0])]},
+                            columns=list(_COEF_COLUMNS))
     est = coef.set_index("term")["estimate"]
     return RegisterResult(cells=cells, coefficients=coef, register_effect=float(est["register"]),
                           class_effect=float(est["prompt_class"]), crossing=crossing, n_obs=int(v.size),

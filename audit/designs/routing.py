@@ -223,33 +223,52 @@ def register_vs_class(frozen, analysis: dict, runs: Callable[[str], RunData], se
         out.not_established = f"unit {analysis['unit']} is not in the captured run"
         return out
     values = x[:, ids.index(analysis["unit"])]
-    register = np.where(prompts["register_label"] == analysis["register"]["target"], "target", "other")
     if len(prompts) < 4:
         out.not_established = f"too few prompts ({len(prompts)}) for a model of register and class"
         return out
+    target_register, other_register = analysis["register"]["target"], analysis["register"]["other"]
+    register = np.where(prompts["register_label"] == target_register, target_register, other_register)
     result = stats.register_analysis(values, prompts["prompt_class"].to_numpy(), register,
-                                     target_class=analysis["classes"]["a"], target_register="target",
+                                     target_class=analysis["classes"]["a"], other_class=analysis["classes"]["b"],
+                                     target_register=target_register, other_register=other_register,
                                      ids=list(prompts["prompt_id"]))
     coef = result.coefficients.set_index("term")
-    reg, cls = coef.loc["register"], coef.loc["prompt_class"]
+    reg, cls, diff = coef.loc["register"], coef.loc["prompt_class"], coef.loc["register - prompt_class"]
     cells = result.cells.rename(columns={"register": "register_label"})
-    cells["register_label"] = cells["register_label"].map({"target": analysis["register"]["target"], "other": analysis["register"]["other"]}).fillna(cells["register_label"])
     cells.insert(0, "analysis_id", analysis["id"])
     out.tables["class_register"] = cells
     out.numbers.update({"register_effect": float(reg["estimate"]), "register_ci_low": float(reg["ci_low"]),
                         "register_ci_high": float(reg["ci_high"]), "register_p": float(reg["pvalue"]),
                         "class_effect": float(cls["estimate"]), "class_ci_low": float(cls["ci_low"]),
                         "class_ci_high": float(cls["ci_high"]), "class_p": float(cls["pvalue"]),
+                        "register_minus_class": float(diff["estimate"]), "register_minus_class_ci_low": float(diff["ci_low"]),
+                        "register_minus_class_ci_high": float(diff["ci_high"]), "register_minus_class_p": float(diff["pvalue"]),
                         "crossing_prompts": ", ".join(map(str, result.crossing["item"])) if len(result.crossing) else ""})
-    out.quantities.update({"p": float(reg["pvalue"]), "register_effect": float(reg["estimate"]), "class_effect": float(cls["estimate"])})
+    out.quantities.update({"p": float(reg["pvalue"]), "register_effect": float(reg["estimate"]), "class_effect": float(cls["estimate"]),
+                           "register_minus_class": float(diff["estimate"])})
     flag_warnings(out, result.flags)
     if not np.isfinite(reg["pvalue"]):
-        out.not_established = "register and prompt class are confounded (no prompt left its class's register), so the model cannot separate them"
+        codes = {f.code for f in result.flags}
+        if "register_constant" in codes:
+            out.not_established = ("every analysed generation has the same register label, so there is no register "
+                                   "difference to compare with the class difference")
+        else:
+            out.not_established = ("register and prompt class are confounded (no prompt left its class's register), "
+                                   "so the model cannot separate them")
         return out
-    out.primary_passed = reg["pvalue"] <= settings.alpha and reg["estimate"] > 0
+    out.primary_passed = bool(reg["pvalue"] <= settings.alpha and reg["estimate"] > 0)
+    # "the register rather than the class": the register effect must also exceed the class effect
+    # (one-sided test of the contrast, from its two-sided p)
+    one_sided = float(diff["pvalue"]) / 2 if diff["estimate"] > 0 else 1 - float(diff["pvalue"]) / 2
+    out.numbers["register_minus_class_p_one_sided"] = one_sided
+    if out.primary_passed and one_sided > settings.alpha:
+        warn(out, "register_not_above_class",
+             f"the register effect is not shown larger than the class effect: register - class = {diff['estimate']:.3g} "
+             f"[{diff['ci_low']:.3g}, {diff['ci_high']:.3g}], one-sided p = {one_sided:.3g} against alpha {settings.alpha}")
     out.primary_text = (f"{analysis['unit']} {analysis['metric']} ~ register + class: register effect {reg['estimate']:.4g} "
                         f"[{reg['ci_low']:.3g}, {reg['ci_high']:.3g}], p = {reg['pvalue']:.3g}; class effect {cls['estimate']:.4g} "
-                        f"[{cls['ci_low']:.3g}, {cls['ci_high']:.3g}]")
+                        f"[{cls['ci_low']:.3g}, {cls['ci_high']:.3g}]; register - class {diff['estimate']:.3g} "
+                        f"[{diff['ci_low']:.3g}, {diff['ci_high']:.3g}]")
     out.facts["register_separated"] = bool(out.primary_passed)
     return out
 

@@ -103,3 +103,43 @@ def test_mostly_s_holds_only_on_a_real_w_difference_in_the_claimed_direction():
                    rng.uniform(0.105, 0.115, 10))
     assert opposed.quantities["s_share"] > 1.5 and not opposed.primary_passed
     assert "opposite signs" in opposed.primary_text
+
+
+def _register_run(register_effect, class_effect, crossing=(1, 4, 13, 17, 20), constant=None, seed=5):
+    rng = np.random.default_rng(seed)
+    n = 24
+    cls = np.r_[np.ones(12), np.zeros(12)].astype(int)
+    reg = cls.copy()
+    reg[list(crossing)] = 1 - reg[list(crossing)]
+    w = (0.2 + register_effect * reg + class_effect * cls + rng.normal(0, 0.05, n))[:, None].repeat(2, axis=1)
+    run = _run(w, np.full_like(w, 0.5), 12)
+    labels = np.where(reg == 1, "inner", "outer") if constant is None else np.full(n, constant)
+    run.prompts["register_label"] = labels
+    return run
+
+
+def _register(run):
+    spec = _spec("register_vs_class", unit="L0E0", classes={"a": "FIRE", "b": "NOFIRE"},
+                 register={"target": "inner", "other": "outer"})
+    spec.pop("groups")
+    return analysis_for("routing", "register_vs_class")(_frozen(), spec, lambda _: run, SETTINGS)
+
+
+def test_register_rather_than_class_tests_the_contrast_the_claim_states():
+    from audit.verdicts import decide
+
+    hyp = {"id": "H4", "claim": "L0E0 tracks the generated register rather than the prompt class.", "direction": "greater",
+           "kind": "exploratory", "analysis": "A", "thresholds": ["alpha"]}
+    register_wins = _register(_register_run(0.4, 0.05))
+    assert register_wins.primary_passed and not register_wins.warnings
+    assert decide(hyp, register_wins, {"alpha": 0.05}, ROUTING).status == "held"
+    # both effects large and alike (the shipped demo's pattern): the register effect is real, "rather than" is not shown
+    both = _register(_register_run(0.3, 0.26))
+    assert both.primary_passed and [w.code for w in both.warnings] == ["register_not_above_class"]
+    assert decide(hyp, both, {"alpha": 0.05}, ROUTING).status == "partly_held"
+    # the cell table speaks the study's names
+    assert set(both.tables["class_register"]["prompt_class"]) == {"FIRE", "NOFIRE"}
+    assert set(both.tables["class_register"]["register_label"]) == {"inner", "outer"}
+    # a register that never varies is not "confounded": there is simply nothing to compare
+    flat = _register(_register_run(0.3, 0.2, constant="outer"))
+    assert flat.not_established and "same register label" in flat.not_established

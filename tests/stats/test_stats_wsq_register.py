@@ -157,3 +157,33 @@ def test_ratio_interval_with_a_zero_denominator_is_flagged():
     assert np.isnan(none.ratio_ci[0]) and [f.code for f in none.flags] == ["ratio_ci_undefined"]
     ok = compare_groups(fire, [0.003, 0.004, 0.002], n_boot=200, rng=0)
     assert ok.flags == ()
+
+
+def test_register_minus_class_contrast_matches_the_coefficient_covariance():
+    """The contrast a "register rather than class" claim states, against a hand computation from the fit:
+    estimate b_r - b_c, variance V_rr + V_cc - 2 V_rc, t on the residual degrees of freedom."""
+    import statsmodels.formula.api as smf
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(11)
+    cls = np.r_[np.ones(12), np.zeros(12)].astype(int)
+    reg = cls.copy()
+    reg[[1, 4, 13, 17, 20]] = 1 - reg[[1, 4, 13, 17, 20]]  # five prompts leave their class's register
+    v = 0.3 * reg + 0.25 * cls + rng.normal(0, 0.1, 24)
+    result = register_analysis(v, np.where(cls, "FIRE", "NOFIRE"), np.where(reg, "inner", "outer"),
+                               target_register="inner", other_class="NOFIRE", other_register="outer")
+    fit = smf.ols("value ~ register + prompt_class", data=pd.DataFrame({"value": v, "register": reg, "prompt_class": cls})).fit()
+    V = fit.cov_params()
+    est = fit.params["register"] - fit.params["prompt_class"]
+    se = np.sqrt(V.loc["register", "register"] + V.loc["prompt_class", "prompt_class"] - 2 * V.loc["register", "prompt_class"])
+    p = 2 * sps.t.sf(abs(est / se), fit.df_resid)
+    row = result.coefficients.set_index("term").loc["register - prompt_class"]
+    assert np.isclose(row["estimate"], est, rtol=1e-12) and np.isclose(row["std_error"], se, rtol=1e-10)
+    assert np.isclose(row["pvalue"], p, rtol=1e-8)
+    assert set(result.cells["prompt_class"]) == {"FIRE", "NOFIRE"} and set(result.cells["register"]) == {"inner", "outer"}
+
+
+def test_a_constant_register_is_not_called_confounded():
+    v = np.arange(8, dtype=float)
+    result = register_analysis(v, ["FIRE"] * 4 + ["NOFIRE"] * 4, ["outer"] * 8, target_register="inner")
+    assert [f.code for f in result.flags] == ["empty_cell", "register_constant"]
