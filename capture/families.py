@@ -532,11 +532,12 @@ def _reconstruct_iv(logits: torch.Tensor, spec: RouterSpec, bias: torch.Tensor |
 
 
 def _kth_gap(choice: torch.Tensor, k: int) -> torch.Tensor:
-    """score[k-th] - score[(k+1)-th] per row; +inf when there is no (k+1)-th finite choice."""
+    """(score[k-th] - score[(k+1)-th]) / max(1, |score[k-th]|) per row: the gap relative to the scale at
+    which the scores are rounded; +inf when there is no (k+1)-th finite choice."""
     if k >= choice.shape[1]:
         return torch.full((choice.shape[0],), math.inf, device=choice.device)
     top = torch.topk(choice, k + 1, dim=-1).values
-    gap = top[:, k - 1] - top[:, k]
+    gap = (top[:, k - 1] - top[:, k]) / torch.clamp(top[:, k - 1].abs(), min=1.0)
     return torch.where(torch.isfinite(top[:, k]), gap, torch.full_like(gap, math.inf))
 
 
@@ -577,15 +578,19 @@ def reconstruct_routing(
     weights : torch.Tensor
         ``[tokens, top_k]`` float32 routed weights aligned with ``idx``.
     kth_gap : torch.Tensor
-        ``[tokens]`` float32: k-th minus (k+1)-th selection score. Small means a near-tie that
-        rounding could flip. With grouped selection it is the smaller of that gap and the gap
-        between the last kept and first dropped group score.
+        ``[tokens]`` float32: k-th minus (k+1)-th score where the router ranks (the logits of a
+        softmax family, whose ranking softmax keeps; the biased sigmoid score of DeepSeek-V3),
+        divided by ``max(1, |k-th score|)``: a gap relative to the scale at which the scores are
+        rounded. Small means a near-tie that rounding could flip; a dominant expert that makes the
+        other probabilities tiny does not make the row a near-tie. With grouped selection it is the
+        smaller of that gap and the (relative) gap between the last kept and first dropped group.
 
     Notes
     -----
     softmax families: ``p = softmax(logits)`` over all experts; select the top-k of ``p``;
     weights ``p[idx]``, divided by their sum when ``renormalize`` (Qwen3.5-MoE, Mixtral; Qwen3-MoE,
-    Qwen2-MoE, OLMoE per ``norm_topk_prob``). The selection score space is ``p``.
+    Qwen2-MoE, OLMoE per ``norm_topk_prob``). The ranking is that of the logits (softmax is
+    monotone), and near-ties are measured there.
 
     sigmoid (DeepSeek-V3): ``s = sigmoid(logits)``; selection on ``c = s + bias``: per group the
     sum of its top two ``c``, keep ``topk_group`` groups, top-k of ``c`` among their experts;
@@ -609,7 +614,7 @@ def reconstruct_routing(
         eps = 1e-20 if spec.score_fn == "sigmoid" else 0.0
         weights = weights / (weights.sum(dim=-1, keepdim=True) + eps)
     weights = weights * spec.routed_scaling
-    gap = _kth_gap(choice, spec.top_k)
+    gap = _kth_gap(x if spec.score_fn == "softmax" else choice, spec.top_k)
     if group_gap is not None:
         gap = torch.minimum(gap, group_gap)
     return idx.to(torch.int64), weights.to(torch.float32), gap.to(torch.float32)

@@ -110,15 +110,27 @@ def stop_ids(model, tok) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
+def template_in_force(tok, runtime: dict[str, Any]) -> str | None:
+    """The chat template prompts are rendered with: the tokenizer's own; for ``chatml`` on a tokenizer that
+    has none, the toolkit's ChatML template (:data:`capture.builtin.CHATML_TEMPLATE`); None for ``none``."""
+    kind = runtime.get("chat_template", "chatml")
+    if kind == "none":
+        return None
+    if tok.chat_template:
+        return tok.chat_template
+    if kind == "chatml":
+        return builtin.CHATML_TEMPLATE
+    raise CaptureError(
+        "the study asks for the model's own chat template (chat_template: model) but the tokenizer has none",
+        hint="use the model's own tokenizer folder, set /runtime/chat_template to chatml (the toolkit's) or none",
+    )
+
+
 def render(tok, text: str, runtime: dict[str, Any]) -> str:
     """The prompt text the model reads: chat-templated unless ``chat_template`` is ``none``."""
-    if runtime.get("chat_template", "chatml") == "none":
+    template = template_in_force(tok, runtime)
+    if template is None:
         return text
-    if not tok.chat_template:
-        raise CaptureError(
-            "the study asks for a chat template but the tokenizer has none",
-            hint="use the model's own tokenizer folder, or set /runtime/chat_template to none",
-        )
     messages = []
     if runtime.get("system_prompt"):
         messages.append({"role": "system", "content": runtime["system_prompt"]})
@@ -126,7 +138,7 @@ def render(tok, text: str, runtime: dict[str, Any]) -> str:
     kwargs = {}
     if runtime.get("enable_thinking") is not None:
         kwargs["enable_thinking"] = bool(runtime["enable_thinking"])
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, chat_template=template, **kwargs)
 
 
 def template_facts(tok, runtime: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +150,8 @@ def template_facts(tok, runtime: dict[str, Any]) -> dict[str, Any]:
     off = render(tok, probe, {**runtime, "enable_thinking": False})
     return {
         "chat_template": runtime.get("chat_template", "chatml"),
-        "sha256": sha256_bytes((tok.chat_template or "").encode()),
+        "sha256": sha256_bytes((template_in_force(tok, runtime) or "").encode()),
+        "source": "tokenizer" if tok.chat_template else "toolkit ChatML",
         "chatml": "<|im_start|>" in off,
         "thinking_flag_honoured": on != off,
     }

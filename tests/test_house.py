@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -80,8 +81,11 @@ def test_the_layering_holds():
 
 def test_a_built_wheel_ships_the_schemas_and_validates_elsewhere(tmp_path):
     out = tmp_path / "wheel"
+    source = tmp_path / "source"  # build from a copy: setuptools writes build/ beside the sources it builds
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "runs", "reports", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     [wheel] = list(out.glob("lockstep-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"lockstep/schemas/{n}.schema.json" for n in ("study", "ledger", "run-manifest")} <= set(names)

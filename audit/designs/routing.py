@@ -94,6 +94,16 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
     effect = stats.compare_groups(values[group], values[~group], ids_a=list(prompts["prompt_id"][group]),
                                   ids_b=list(prompts["prompt_id"][~group]), n_boot=settings.n_boot, rng=rng)
     flag_warnings(out, effect.flags)
+    # spreads this different make a permutation test's alpha unreliable for means (bench/RESULTS.md: SD 3:1,
+    # i.e. variance 9:1, gives a family-wise error of .24 at alpha .05): a variance ratio beyond 4 either way,
+    # or a Brown-Forsythe test that rejects at .01
+    ratio = effect.variance_ratio
+    lopsided = bool(np.isfinite(ratio) and ratio > 0 and max(ratio, 1 / ratio) >= 4)
+    if analysis["null"] == "exchangeable" and (lopsided or (np.isfinite(effect.brown_forsythe_p) and effect.brown_forsythe_p <= 0.01)):
+        warn(out, "not_exchangeable",
+             f"the groups' spreads differ (variance ratio {effect.variance_ratio:.3g}, Brown-Forsythe p = "
+             f"{effect.brown_forsythe_p:.2g}): a permutation test of exchangeable groups is then not a test of equal means, "
+             "and its alpha is not reliable for a claim about means (preregister null: equal_means)")
     test = stats.permutation_test(values, group, statistic=analysis["statistic"], null=analysis["null"],
                                   alternative=analysis["tails"], n_resamples=settings.n_resamples,
                                   exact_cap=settings.exact_cap, rng=np.random.default_rng(settings.seed))

@@ -170,12 +170,25 @@ class _Progress:
         self.bar.close()
 
 
+NEAR_TIE_RULE = ("k-th minus (k+1)-th score where the router ranks (logits; DeepSeek-V3: biased sigmoid score), "
+                 "divided by max(1, |k-th score|), below max(near_tie_tolerance, 2 eps of the model dtype)")
+
+
+def _tie_tolerance(preregistered: float, dtype: str) -> float:
+    """The near-tie tolerance in force: the preregistered one, or the dtype's rounding if that is coarser
+    (two scores closer than two rounding steps can swap under another kernel)."""
+    import torch
+
+    return max(preregistered, 2 * float(torch.finfo(getattr(torch, dtype)).eps))
+
+
 def _run_config(frozen, run, st: Setup, work: dict, deviations) -> dict[str, Any]:
     cap = frozen.spec.get("capture", {})
     return {
         **runtime.base_run_config(frozen, run, st.ld, work["batch_size"], deviations),
         "max_new_tokens": work["max_new_tokens"], "trim_tokens": sorted(st.trim.values()),
         "stop_ids": sorted(st.stop), "near_tie_tolerance": float(cap.get("near_tie_tolerance", 1e-5)),
+        "near_tie_tolerance_in_force": _tie_tolerance(float(cap.get("near_tie_tolerance", 1e-5)), st.ld.dtype),
         "residual_layers": sorted(int(x) for x in cap.get("residual_layers", []) or []),
         "prompt_ids": [p["id"] for p in work["prompts"]],
     }
@@ -191,6 +204,7 @@ def _manifest(frozen, run, st: Setup, store: RunStore, config, n_batches, starte
         "skipped_layers": st.skipped,
         "max_new_tokens": config["max_new_tokens"], "trim_tokens": config["trim_tokens"],
         "near_tie_tolerance": config["near_tie_tolerance"], "residual_layers": config["residual_layers"],
+        "near_tie_rule": NEAR_TIE_RULE, "near_tie_tolerance_in_force": config["near_tie_tolerance_in_force"],
         "prompts": dict(sorted(prompts.items())),
         "counts": {
             "prompts": len(prompts), "batches": n_batches,
@@ -216,7 +230,7 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
     bar = _Progress(f"capture {frozen.study_id}/{run['id']}", sum(len(batches[b]) for b in mine),
                     sum(len(batches[b]) for b in mine if b in done), progress)
     decoding = Decoding.from_run(run)
-    recorder = RoutingRecorder(st.sites, tie_tol=config["near_tie_tolerance"], weight_tol=_weight_tol(st.ld.dtype),
+    recorder = RoutingRecorder(st.sites, tie_tol=config["near_tie_tolerance_in_force"], weight_tol=_weight_tol(st.ld.dtype),
                                residual_layers=config["residual_layers"])
     try:
         with recorder.hooked():

@@ -143,3 +143,19 @@ def test_register_rather_than_class_tests_the_contrast_the_claim_states():
     # a register that never varies is not "confounded": there is simply nothing to compare
     flat = _register(_register_run(0.3, 0.2, constant="outer"))
     assert flat.not_established and "same register label" in flat.not_established
+
+
+def test_a_claim_about_means_on_groups_of_different_shape_is_warned():
+    """NOFIRE zero-inflated, FIRE near-constant, equal means: the permutation test's alpha is not the claim's."""
+    rng = np.random.default_rng(9)
+    fire = rng.normal(0.30, 0.01, 12)
+    nofire = np.where(rng.random(12) < 0.5, 0.0, 0.6) + rng.normal(0, 0.01, 12)
+    w = np.r_[fire, nofire].clip(0.001)[:, None].repeat(2, axis=1)
+    run = _run(w, np.full_like(w, 0.5), 12)
+    spec = _spec("two_group", unit="L0E0")
+    out = analysis_for("routing", "two_group")(_frozen(), spec, lambda _: run, SETTINGS)
+    assert "not_exchangeable" in {w.code for w in out.warnings}
+    equal_means = analysis_for("routing", "two_group")(_frozen(), _spec("two_group", unit="L0E0", null="equal_means"),
+                                                       lambda _: run, SETTINGS)
+    assert "not_exchangeable" not in {w.code for w in equal_means.warnings}
+    assert equal_means.numbers["null"] == "equal_means" and "bootstrap p" in equal_means.primary_text

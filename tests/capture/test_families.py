@@ -323,7 +323,8 @@ def test_reconstruct_softmax_by_hand():
     idx, w, gap = reconstruct_routing(logits, spec)
     assert idx.tolist() == [[0, 1]]
     torch.testing.assert_close(w, torch.tensor([[p[0] / (p[0] + p[1]), p[1] / (p[0] + p[1])]]))
-    torch.testing.assert_close(gap, torch.tensor([p[1] - p[2]]))
+    # the gap is read where the router ranks, the logits: (1.0 - 0.0) / max(1, |1.0|)
+    torch.testing.assert_close(gap, torch.tensor([1.0]))
     olmoe = RouterSpec("olmoe", n_experts=4, top_k=2, score_fn="softmax", renormalize=False)
     _, w, _ = reconstruct_routing(logits, olmoe)
     torch.testing.assert_close(w, torch.tensor([[p[0], p[1]]]))
@@ -343,7 +344,8 @@ def test_reconstruct_deepseek_grouped_biased_by_hand():
     s = [1 / (1 + math.exp(-v)) for v in (1.0, 0.9, 0.0, -0.2)]
     assert idx.tolist() == [[2, 3]]
     torch.testing.assert_close(w, torch.tensor([[2 * s[2] / (s[2] + s[3]), 2 * s[3] / (s[2] + s[3])]]))
-    group_gap = (s[2] + s[3] + 1.0) - (s[0] + s[1])  # kept group minus dropped group
+    kept = s[2] + s[3] + 1.0  # the kept group's score (its two biased scores)
+    group_gap = (kept - (s[0] + s[1])) / max(1.0, kept)  # kept minus dropped group, relative to the kept score
     torch.testing.assert_close(gap, torch.tensor([group_gap]))  # expert gap is inf: only 2 kept
     idx, _, _ = reconstruct_routing(logits, spec, torch.zeros(4))
     assert idx.tolist() == [[0, 1]]
@@ -464,3 +466,16 @@ def test_replaced_router_is_refused(built):
 def test_find_moe_sites_needs_a_module():
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
         find_moe_sites("Qwen/Qwen3.5-35B-A3B")
+
+
+def test_a_dominant_expert_does_not_make_clear_decisions_near_ties():
+    """One expert takes nearly all the probability: the others' probabilities differ by ~1e-7 although their
+    logits are 0.24 apart. Measured in probability space such rows were flagged; where the router ranks they
+    are clear (a real near-tie, logits equal to the last bits, still is one)."""
+    logits = torch.tensor([[20.0, 3.24, 3.0, -2.0], [20.0, 3.0, 3.0 + 1e-7, -2.0]])
+    spec = RouterSpec("qwen3_5_moe", n_experts=4, top_k=2, score_fn="softmax", renormalize=True)
+    probs = torch.softmax(logits, dim=-1)
+    assert float(probs[0, 1] - probs[0, 2]) < 1e-7  # the old probability-space gap: below the 1e-5 tolerance
+    _, _, gap = reconstruct_routing(logits, spec)
+    assert float(gap[0]) == pytest.approx(0.24 / 3.24, rel=1e-5) and float(gap[0]) > 1e-5
+    assert float(gap[1]) < 1e-5

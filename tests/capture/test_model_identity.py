@@ -74,3 +74,25 @@ def test_a_local_folder_pinned_by_content_captures_as_preregistered(models_root,
     assert manifest["deviations"] == []  # no "unverifiable local folder": the folder is named by its content
     assert manifest["model"]["weights_sha256"] == identity["weights_sha256"]
     assert manifest["model"]["tokenizer_sha256"] == identity["tokenizer_sha256"]
+
+
+def test_chatml_is_supplied_when_the_tokenizer_has_no_template(models_root, tmp_path):
+    """chat_template: chatml means the toolkit's ChatML template; a tokenizer without a template gets it,
+    and chat_template: model on such a tokenizer is refused with the fix."""
+    planted = _planted_folder(models_root)
+    bare = tmp_path / "bare"
+    shutil.copytree(planted, bare)
+    for extra in ("chat_template.jinja", "chat_template.json"):
+        (bare / extra).unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    with_template, _ = runtime.load_tokenizer(planted, ["i feel the hum"])
+    without, _ = runtime.load_tokenizer(bare, ["i feel the hum"])
+    assert not without.chat_template
+    settings = {"chat_template": "chatml", "enable_thinking": False}
+    assert runtime.render(without, "i feel the hum", settings) == runtime.render(with_template, "i feel the hum", settings)
+    facts = runtime.template_facts(without, settings)
+    assert facts["chatml"] and facts["thinking_flag_honoured"] and facts["source"] == "toolkit ChatML"
+    with pytest.raises(CaptureError, match="chat_template: model"):
+        runtime.render(without, "i feel the hum", {"chat_template": "model"})
