@@ -4,7 +4,6 @@ shipped inside the package (a non-editable install validates a study from anothe
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import subprocess

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 from jsonschema import Draft202012Validator
 
-from lockstep.errors import StageRefused
 from lockstep.study import schema
-from studyrepo import commit_all, copy_study, git, make_writable
+from studyrepo import commit_all, copy_study, git
 
 LOCKSTEP = [sys.executable, "-m", "lockstep"]
 

@@ -7,13 +7,11 @@ capture (padding invariance), a null twin without the plant (positive control).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import yaml
 import pandas as pd
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
