@@ -77,7 +77,7 @@ def test_the_planted_unit_holds_and_ranks_first(planted):
     assert status(repo, "demo")["H2"] == "held"
     # register effect real, but not shown larger than the class effect the planted attention path also makes
     h4 = next(c for c in ledger(repo, "demo")["claims"] if c["hypothesis"] == "H4")
-    assert h4["status"] == "partly_held" and h4["warning_codes"] == ["register_not_above_class"]
+    assert h4["status"] == "partly_held" and "register_not_above_class" in h4["warning_codes"]
     assert h4["numbers"]["register_p"] < 0.05 < h4["numbers"]["register_minus_class_p_one_sided"]
     baseline = pd.read_parquet(repo / "reports/demo/tables/baseline.parquet")
     assert baseline.set_index("unit").loc["L1E5", "rank"] == 1
