@@ -17,9 +17,6 @@ from lockstep import artifacts
 from lockstep.errors import StageRefused
 from lockstep.fsio import sha256_file
 
-LABELS = artifacts.LABELS
-
-
 def run_dir_of(frozen, run_id: str) -> Path:
     """The folder of a run, where its capture put it."""
     return artifacts.study_run_dir(frozen, run_id)
@@ -30,7 +27,7 @@ def _rel(frozen, path: Path) -> str:
 
 
 def _captures(frozen, run_id: str) -> list[dict]:
-    captures = [e for e in frozen.journal.entries if e["stage"] == "capture" and run_id in e.get("details", {}).get("runs", [])]
+    captures = frozen.journal.captures_of(run_id)
     if not captures:
         raise StageRefused(f"run {run_id!r} of {frozen.study_id} has no capture in the journal",
                            hint=f"run `make capture STUDY={frozen.study_id}` first")
@@ -46,7 +43,7 @@ def check_labels_before_scores(frozen, run_id: str, run_dir: Path) -> None:
         raise StageRefused(f"labels of run {run_id!r} are not frozen after its capture, so its scores may not be read",
                            hint=f"run `lockstep label {frozen.root} --run {run_id}` first (labels before scores)")
     texts = run_dir / artifacts.TEXTS
-    label_file = run_dir / LABELS
+    label_file = run_dir / artifacts.LABELS
     if labels[-1]["outputs"].get(_rel(frozen, label_file)) != sha256_file(label_file):
         raise StageRefused(f"{label_file} differs from the labels frozen in the journal (entry {labels[-1]['seq']})",
                            hint="labels cannot change after they are frozen; restore them, or relabel with `lockstep label`")

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from audit import _plots as plots
-from lockstep.designs import DESIGNS as REGISTERED_DESIGNS
 from lockstep.designs import design_of
 from lockstep.records import LEDGER as LEDGER_SCHEMA
 from lockstep.records import record_problems
@@ -43,7 +42,6 @@ REPORT_NAME = "report.html"
 CLAIM_STATUSES = ("held", "partly_held", "fell", "unsupported", "not_established")
 RUN_STATUSES = ("pass", "pass_with_warnings", "fail")
 REVIEW_STATUSES = ("pending_review", "approved")
-DESIGNS = tuple(sorted(REGISTERED_DESIGNS))
 
 #: Columns each table must have (extra columns are ignored).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -102,7 +102,7 @@ def run_capture(
     identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
     found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
     runtime.refuse_deviations(found, allow_deviation)
-    setup = module.setup(frozen, root, overrides, model_path, device_map, options)
+    setup = module.setup(frozen, source, identity, overrides, device_map, options)
     found = found + runtime.deviations(frozen, setup.ld.facts, overrides)
     runtime.refuse_deviations(found, allow_deviation)
     work = module.prepare(frozen, setup, overrides)

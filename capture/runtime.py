@@ -254,17 +254,18 @@ class Loaded:
     facts: dict[str, Any]
     dtype: str
     pad_id: int
+    identity: dict[str, Any]  # lockstep.models.folder_identity of the folder loaded
 
 
-def load(frozen, runs_root: Path, overrides: dict, model_path, device_map) -> Loaded:
-    """Resolve and load the study's model and tokenizer (the tokenizer checked on every prompt text)."""
+def load(frozen, source: ModelSource, identity: dict[str, Any], overrides: dict, device_map) -> Loaded:
+    """Load the study's model and tokenizer from ``source`` (resolved, and its identity checked, by the
+    orchestrator before this slow step); the tokenizer is checked on every prompt text."""
     spec = frozen.spec
-    source = resolve_model(frozen, runs_root, model_path)
     tok, loader = load_tokenizer(source.path, prompt_texts(frozen))
     dtype = overrides.get("dtype") or spec["model"].get("dtype", "float32")
     model = load_model(source, dtype=dtype, trust_remote_code=bool(spec["model"].get("trust_remote_code")),
                        device_map=device_map)
-    return Loaded(source, model, tok, loader, template_facts(tok, spec["runtime"]), dtype, pad_id(tok))
+    return Loaded(source, model, tok, loader, template_facts(tok, spec["runtime"]), dtype, pad_id(tok), identity)
 
 
 def base_run_config(frozen, run, ld: Loaded, batch_size: int, deviations) -> dict[str, Any]:
@@ -279,8 +280,6 @@ def base_run_config(frozen, run, ld: Loaded, batch_size: int, deviations) -> dic
 
 def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str, deviations) -> dict[str, Any]:
     """The manifest fields every design writes (schemas/run-manifest.schema.json); designs add their own."""
-    from lockstep.models import folder_identity
-
     from lockstep.fsio import utc_now
     from lockstep.provenance import git_info, package_versions
 
@@ -292,7 +291,7 @@ def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str,
             "revision": ld.source.revision, "config_sha256": config["model_config_sha256"],
             "class": type(ld.model).__name__, "dtype": ld.dtype,
             "devices": sorted({str(p.device) for p in ld.model.parameters()}),
-            **folder_identity(ld.source.path),
+            **ld.identity,
         },
         "tokenizer": {"loader": ld.tokenizer_loader, "template": ld.facts},
         "decoding": run, "batch_size": config["batch_size"], "deviations": deviations,

@@ -78,14 +78,13 @@ def from_journal(base: Path, recorded: str) -> Path:
     return path if path.is_absolute() else Path(base) / path
 
 
-def captured_runs_root(entries: list[dict], run_id: str, base: Path) -> Path | None:
+def captured_runs_root(journal, run_id: str, base: Path) -> Path | None:
     """Where the newest capture entry of ``run_id`` says its runs root is (None: no capture names it)."""
-    for entry in reversed(entries):
-        details = entry.get("details", {})
-        if entry["stage"] == "capture" and run_id in details.get("runs", []):
-            recorded = details.get("runs_root")
-            return from_journal(base, recorded) if recorded else default_runs_root(base)
-    return None
+    captures = journal.captures_of(run_id) if journal is not None else []
+    if not captures:
+        return None
+    recorded = captures[-1].get("details", {}).get("runs_root")
+    return from_journal(base, recorded) if recorded else default_runs_root(base)
 
 
 def study_run_dir(frozen, run_id: str, base: Path | None = None) -> Path:
@@ -94,5 +93,5 @@ def study_run_dir(frozen, run_id: str, base: Path | None = None) -> Path:
     ``base`` replaces the repository root, for a bundle unpacked elsewhere.
     """
     base = Path(base if base is not None else frozen.repo_root)
-    root = captured_runs_root(frozen.journal.entries if frozen.journal else [], run_id, base)
+    root = captured_runs_root(frozen.journal, run_id, base)
     return run_dir(root if root is not None else default_runs_root(base), frozen.study_id, run_id)

@@ -40,6 +40,10 @@ class Journal:
     def stages(self, stage: str) -> list[dict]:
         return [e for e in self.entries if e["stage"] == stage]
 
+    def captures_of(self, run_id: str) -> list[dict]:
+        """The capture entries that wrote run ``run_id``, oldest first."""
+        return [e for e in self.stages("capture") if run_id in e.get("details", {}).get("runs", [])]
+
 
 def read_journal(study_dir: Path) -> Journal:
     """Read and verify the chain and the head witness; raise ChainBroken naming the first bad entry."""

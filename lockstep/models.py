@@ -28,26 +28,31 @@ def _cache_path() -> Path:
     return Path(root) / "file-sha256.json"
 
 
-def cached_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (resolved path, size, mtime) so that a 70 GB model is hashed once."""
+def cached_sha256(paths: list[Path]) -> dict[Path, str]:
+    """sha256 of each file, cached by (resolved path, size, mtime) so that a 70 GB model is hashed once.
+    The cache is read once and written once per call."""
     from .fsio import atomic_write, pretty_json
 
-    real = Path(path).resolve()
-    st = real.stat()
-    key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
     cache_file = _cache_path()
     try:
         cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     except (OSError, ValueError):
         cache = {}
-    if key not in cache:
-        cache[key] = sha256_file(real)
+    out, missed = {}, False
+    for path in paths:
+        real = Path(path).resolve()
+        st = real.stat()
+        key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in cache:
+            cache[key], missed = sha256_file(real), True
+        out[Path(path)] = cache[key]
+    if missed:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(cache_file, pretty_json(cache))
         except OSError:
             pass  # a read-only home: hash again next time
-    return cache[key]
+    return out
 
 
 def folder_identity(folder: Path) -> dict:
@@ -61,9 +66,11 @@ def folder_identity(folder: Path) -> dict:
     def digest(files: dict[str, str]) -> str:
         return sha256_bytes("".join(f"{sha}  {name}\n" for name, sha in sorted(files.items())).encode())
 
-    entries = sorted(p for p in folder.iterdir() if p.is_file())
-    weights = {p.name: cached_sha256(p) for p in entries if p.name.endswith(WEIGHT_SUFFIXES)}
-    tokenizer = {p.name: cached_sha256(p) for p in entries if p.name in TOKENIZER_FILES}
+    entries = sorted(p for p in folder.iterdir() if p.is_file()
+                     and (p.name.endswith(WEIGHT_SUFFIXES) or p.name in TOKENIZER_FILES))
+    digests = cached_sha256(entries)
+    weights = {p.name: digests[p] for p in entries if p.name.endswith(WEIGHT_SUFFIXES)}
+    tokenizer = {p.name: digests[p] for p in entries if p.name in TOKENIZER_FILES}
     return {"weight_files": weights, "weights_sha256": digest(weights),
             "tokenizer_files": tokenizer, "tokenizer_sha256": digest(tokenizer)}
 

@@ -16,7 +16,7 @@ from typing import Any
 from .designs import ANALYSIS_OUTPUTS, DESIGNS, Design, design_of, threshold_quantity
 from .errors import ProblemList
 from .loaders import Parsed, pointer_of, read_jsonl, read_yaml
-from .records import _validator, describe, schema  # noqa: F401  (schema re-exported: the schemas every stage reads)
+from .records import _validator, describe
 from .units import KINDS, UNIT_ID
 
 PLAN_FILES = ("study.yaml", "prompts.jsonl", "rubric.yaml", "thresholds.yaml")

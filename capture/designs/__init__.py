@@ -8,8 +8,9 @@ else capture it. A design module supplies the steps:
     the design-specific options it accepts (e.g. ``slots_per_forward``); others are refused.
 ``check_request(frozen, runs, *, shard, options)``
     refuse what cannot be captured, before any model loads.
-``setup(frozen, runs_root, overrides, model_path, device_map, options) -> Setup``
-    load the model (:func:`capture.runtime.load`); ``Setup.ld`` is the :class:`capture.runtime.Loaded`.
+``setup(frozen, source, identity, overrides, device_map, options) -> Setup``
+    load the model the orchestrator resolved and identified (:func:`capture.runtime.load`);
+    ``Setup.ld`` is the :class:`capture.runtime.Loaded`.
 ``prepare(frozen, setup, overrides) -> work``
     what every run shares (encoded prompts), or None.
 ``capture_run(frozen, run, setup, work, store, *, shard, progress, deviations) -> bool``

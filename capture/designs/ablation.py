@@ -207,10 +207,10 @@ def check_request(frozen, runs: list[dict], *, shard, options: dict) -> None:
         raise UsageError("`--slots-per-forward` must be at least 1")
 
 
-def setup(frozen, runs_root: Path, overrides: dict, model_path, device_map, options: dict) -> Setup:
+def setup(frozen, source, identity: dict, overrides: dict, device_map, options: dict) -> Setup:
     """Load the model and build the slot table for ``ablation.slot_layers``; refuse a target that is not a slot."""
     spec = frozen.spec
-    ld = runtime.load(frozen, runs_root, overrides, model_path, device_map)
+    ld = runtime.load(frozen, source, identity, overrides, device_map)
     slots = slot_table(ld.model, spec["ablation"].get("slot_layers", "all"))
     labels = {s.label for s in slots}
     missing = [t["id"] for t in spec["units"]["targets"] if t["id"] not in labels]

@@ -47,15 +47,15 @@ class Setup:
 
 
 def check_request(frozen, runs: list[dict], *, shard, options: dict) -> None:
-    """Nothing to refuse before loading: every decoding applies, and routing capture shards."""
+    """A routing run generates text: a run that only runs forwards (decoding none) is refused."""
     for run in runs:
         if run["decoding"] == "none":
             raise CaptureError(f"run {run['id']!r} has decoding none; a routing run generates text",
                                hint="set its decoding to greedy or sample (an amendment)")
 
 
-def setup(frozen, runs_root, overrides: dict, model_path, device_map, options: dict) -> Setup:
-    ld = runtime.load(frozen, runs_root, overrides, model_path, device_map)
+def setup(frozen, source, identity: dict, overrides: dict, device_map, options: dict) -> Setup:
+    ld = runtime.load(frozen, source, identity, overrides, device_map)
     trim = runtime.trim_ids(ld.tok, frozen.spec["runtime"]["trim_tokens"])
     sites, skipped = families.find_moe_sites(ld.model)
     special = {int(i): t for t, i in zip(ld.tok.all_special_tokens, ld.tok.all_special_ids)}

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from jsonschema import Draft202012Validator
 
-from lockstep.study import schema
+from lockstep.records import schema
 from studyrepo import commit_all, copy_study, git
 
 LOCKSTEP = [sys.executable, "-m", "lockstep"]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
+from capture import runtime
 from capture.designs import ablation
 from capture.run import run_capture
 from capture.store import RunStore
@@ -24,7 +25,8 @@ from lockstep.errors import CaptureError, UsageError
 from lockstep.fsio import sha256_file
 from lockstep.gate import require_frozen
 from lockstep.freeze import freeze
-from lockstep.study import schema
+from lockstep.models import folder_identity
+from lockstep.records import schema
 from studyrepo import commit_all, copy_study, git, make_writable
 
 EXTRA_PAIRS = [  # appended to demo-ablation's prompts in `edited`
@@ -135,7 +137,8 @@ def test_reference_means_cover_every_non_pad_reference_token(edited):
 def test_an_interrupted_capture_resumes_to_the_same_tables(edited, tmp_path):
     frozen, run_dir = edited
     runs_root = tmp_path / "runs"
-    st = ablation.setup(frozen, runs_root, {"batch_size": 8}, None, None, {})
+    source = runtime.resolve_model(frozen, runs_root)
+    st = ablation.setup(frozen, source, folder_identity(source.path), {"batch_size": 8}, None, {})
     store = RunStore(runs_root / frozen.study_id / "forward")
     run = frozen.spec["runtime"]["runs"][0]
     stack = ablation.DEFAULT_STACK_ROWS // 8

@@ -234,8 +234,12 @@ def test_runs_root_and_the_plan_in_force_carry_through_label_audit_and_verify(tm
         result = runner.invoke(command, [str(study)])
         assert result.exit_code == 0, result.output
     assert (elsewhere / "demo" / "greedy" / "labels.parquet").is_file()
-    ledger = json.loads((repo / "reports" / "demo" / "ledger.json").read_text())
-    assert {c["status"] for c in ledger["claims"]} <= {"held", "partly_held", "fell", "not_established", "unsupported"}
+    # the audit read the tables elsewhere, and says so in its journal entry
+    audit_entry = read_journal(study).entries[-1]
+    assert audit_entry["stage"] == "audit"
+    units = (elsewhere / "demo" / "sampled" / "units.parquet").resolve().as_posix()
+    assert audit_entry["inputs"][units] == sha256_file(elsewhere / "demo" / "sampled" / "units.parquet")
+    assert not any(path.startswith("runs/") for path in audit_entry["inputs"])
     results = verify_target(study)
     assert exit_code_of(results) == 0, [r for r in results if not r.ok]
     assert any("equals the one recomputed" in r.message for r in results)  # the ledger was recomputed from the runs elsewhere

@@ -6,7 +6,7 @@ import json
 
 from jsonschema import Draft202012Validator
 
-from lockstep.study import schema
+from lockstep.records import schema
 
 
 def test_manifests_match_the_published_schema(demo_capture):

@@ -2,36 +2,8 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
+from maxt_reference import brute_maxt
 from stats import _engine, all_unit_baseline
-
-
-def _brute(x, mask, statistic, alternative, relabelings, exact):
-    """Loop-over-relabelings reference: uncorrected, single-step and step-down max-T p."""
-    def stat(lab):
-        a, b = x[lab], x[~lab]
-        diff = a.mean(0) - b.mean(0)
-        if statistic == "mean_diff":
-            return diff
-        if statistic == "student_t":
-            na, nb = len(a), len(b)
-            sp2 = ((na - 1) * a.var(0, ddof=1) + (nb - 1) * b.var(0, ddof=1)) / (na + nb - 2)
-            return diff / np.sqrt(sp2 * (1 / na + 1 / nb))
-        return diff / np.sqrt(a.var(0, ddof=1) / len(a) + b.var(0, ddof=1) / len(b))
-
-    sc = {"two-sided": np.abs, "greater": lambda v: v, "less": lambda v: -v}[alternative]
-    t = sc(stat(mask))
-    T = np.array([sc(stat(r.astype(bool))) for r in relabelings])
-    thr = t - 1e-9
-    P = len(T)
-    pv = (lambda c: c / P) if exact else (lambda c: (1 + c) / (1 + P))
-    p_unc = pv((T >= thr).sum(0))
-    p_ss = pv((T.max(1)[:, None] >= thr).sum(0))
-    o = np.argsort(-t, kind="stable")
-    U = np.maximum.accumulate(T[:, o][:, ::-1], axis=1)[:, ::-1]
-    raw = pv((U >= thr[o]).sum(0))
-    p_sd = np.empty_like(raw)
-    p_sd[o] = np.maximum.accumulate(raw)
-    return t, p_unc, p_ss, p_sd
 
 
 @pytest.mark.parametrize("statistic", ["welch_t", "mean_diff"])
@@ -46,7 +18,7 @@ def test_monte_carlo_baseline_matches_brute_force(statistic, alternative):
                           n_resamples=1500, rng=3, batch=211)
     rel = np.concatenate(list(_engine.random_relabelings("two_sample", n, 8, 1500,
                                                          np.random.default_rng(3), 4096, float)))
-    _, p_unc, p_ss, p_sd = _brute(x, mask, statistic, alternative, rel, exact=False)
+    _, p_unc, p_ss, p_sd = brute_maxt(x, mask, statistic, alternative, rel, exact=False)
     np.testing.assert_allclose(r.p_uncorrected, p_unc)
     np.testing.assert_allclose(r.p_maxt_single_step, p_ss)
     np.testing.assert_allclose(r.p_maxt_step_down, p_sd)
@@ -64,7 +36,7 @@ def test_exact_unbalanced_welch_baseline_matches_brute_force():
         row = np.zeros(n, bool)
         row[list(c)] = True
         rel.append(row)
-    t, p_unc, p_ss, p_sd = _brute(x, mask, "welch_t", "two-sided", np.array(rel), exact=True)
+    t, p_unc, p_ss, p_sd = brute_maxt(x, mask, "welch_t", "two-sided", np.array(rel), exact=True)
     assert r.exact and r.n_resamples == 330
     np.testing.assert_allclose(np.abs(r.statistic), t, rtol=1e-10)
     np.testing.assert_allclose(r.p_uncorrected, p_unc)
@@ -225,7 +197,7 @@ def test_many_blocks_step_down_matches_brute_force(statistic, n1, alternative):
                           n_resamples=400, rng=7, batch=64)
     rel = np.concatenate(list(_engine.random_relabelings("two_sample", n, n1, 400,
                                                          np.random.default_rng(7), 4096, float)))
-    _, p_unc, p_ss, p_sd = _brute(x, mask, statistic, alternative, rel, exact=False)
+    _, p_unc, p_ss, p_sd = brute_maxt(x, mask, statistic, alternative, rel, exact=False)
     np.testing.assert_allclose(r.p_uncorrected, p_unc)
     np.testing.assert_allclose(r.p_maxt_single_step, p_ss)
     np.testing.assert_allclose(r.p_maxt_step_down, p_sd)
