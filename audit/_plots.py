@@ -25,9 +25,10 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = [
     "PALETTE",
@@ -159,7 +160,9 @@ def _fmt(value: float) -> str:
 def baseline_heatmap(frame: pd.DataFrame, *, index_name: str) -> Figure:
     """Layer x expert (or head) heatmap of ``statistic`` with targets ringed and the best unit marked.
 
-    ``frame`` has the columns of ``tables/baseline.parquet`` for one analysis.
+    ``frame`` has the columns of ``tables/baseline.parquet`` for one analysis. The colour scale diverges at
+    0 with symmetric limits (``-m .. m``, ``m`` the largest absolute statistic), so that a unit's colour
+    says its sign and its size on one scale, and the colour bar has ticks on both sides of 0.
     """
     layers = frame["layer"].astype(int)
     index = frame["index"].astype(int)
@@ -169,12 +172,10 @@ def baseline_heatmap(frame: pd.DataFrame, *, index_name: str) -> Figure:
     grid[layers.to_numpy() - layer_lo, index.to_numpy()] = frame["statistic"].astype(float).to_numpy()
 
     finite = grid[np.isfinite(grid)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if lo < 0.0 < hi:
-        cmap, norm = matplotlib.colormaps["RdBu_r"], TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
-    else:
-        cmap, norm = matplotlib.colormaps["viridis"], None
-    cmap = cmap.with_extremes(bad="#eaeef2")
+    bound = float(np.max(np.abs(finite))) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#eaeef2")
+    norm = Normalize(vmin=-bound, vmax=bound)
 
     n_layers = grid.shape[0]
     fig = _new_figure(9.2, float(np.clip(1.3 + 0.065 * n_layers, 2.6, 4.8)))
@@ -183,12 +184,13 @@ def baseline_heatmap(frame: pd.DataFrame, *, index_name: str) -> Figure:
                       extent=(-0.5, width - 0.5, layer_hi + 0.5, layer_lo - 0.5))
     image.set_gid("grid")
     bar = fig.colorbar(image, ax=ax, fraction=0.035, pad=0.015)
-    bar.set_label("baseline statistic")
+    bar.set_label("baseline statistic (0 = white)")
+    ticks = MaxNLocator(nbins=6, symmetric=True).tick_values(-bound, bound)
+    bar.set_ticks([t for t in ticks if -bound <= t <= bound])
+    bar.ax.set_gid("colourbar")
     bar.outline.set_visible(False)
     ax.set_xlabel(index_name)
     ax.set_ylabel("layer")
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers and units are whole numbers
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for side in ("top", "right"):
@@ -210,10 +212,10 @@ def baseline_heatmap(frame: pd.DataFrame, *, index_name: str) -> Figure:
         rank = row["rank"]
         rank_text = f"rank {int(rank)}" if np.isfinite(float(rank)) else "unranked"
         label = f"{_lit(row['unit'])} · {rank_text}" if role == "target" else f"best: {_lit(row['unit'])}"
-        # Away from the nearer edges; alternate sides so that neighbouring labels do not stack.
+        # Away from the nearer edges; alternate sides and heights so that neighbouring labels do not stack.
         right = x < 0.25 * width or (x <= 0.75 * width and k % 2 == 0)
         up = y > (layer_lo + layer_hi) / 2  # the layer axis runs downwards
-        dx, dy = (16 if right else -16), (14 if up else -14)
+        dx, dy = (16 if right else -16), (14 + 12 * (k // 2 % 3)) * (1 if up else -1)
         note = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points",
                            ha="right" if dx < 0 else "left", va="center", fontsize=8.5, fontweight="bold",
                            color=colour, zorder=5,
@@ -227,10 +229,34 @@ def baseline_heatmap(frame: pd.DataFrame, *, index_name: str) -> Figure:
 # FIRE / NOFIRE strips of the target's per-prompt values
 
 
+def _spread(positions: Sequence[float], gap: float, lo: float = 0.03, hi: float = 0.97) -> list[float]:
+    """``positions`` (axes fractions, any order) moved apart to at least ``gap`` while staying in [lo, hi],
+    each as close to where it was as the others allow; returned in the input order."""
+    order = np.argsort(positions, kind="stable")
+    placed = np.clip(np.asarray(positions, dtype=float)[order], lo, hi)
+    gap = min(gap, (hi - lo) / max(len(placed) - 1, 1))
+    for i in range(1, len(placed)):
+        placed[i] = max(placed[i], placed[i - 1] + gap)
+    overflow = placed[-1] - hi if len(placed) else 0.0
+    if overflow > 0:
+        placed[-1] -= overflow
+        for i in range(len(placed) - 2, -1, -1):
+            placed[i] = min(placed[i], placed[i + 1] - gap)
+    out = np.empty_like(placed)
+    out[order] = placed
+    return out.tolist()
+
+
 @_styled
-def target_strips(frame: pd.DataFrame, *, max_panels: int = 6) -> Figure:
+def target_strips(frame: pd.DataFrame, *, tick_labels: dict[tuple[str, str], str] | None = None,
+                  max_panels: int = 6) -> Figure:
     """One panel per (unit, run, zone, metric): per-prompt values by prompt class, coloured by the
-    generated register label, class means as bars, crossing prompts ringed and named."""
+    generated register label, crossing prompts (the table's ``crosses`` column) ringed and named in a
+    column of labels beside their class that never overlap.
+
+    ``tick_labels`` maps (run, class) to the text under a class (the ledger's n and mean); the class name
+    alone when absent.
+    """
     keys = ["unit", "run", "zone", "metric"]
     panels = list(frame.groupby(keys, sort=False, dropna=False))[:max_panels]  # the engine's order
     registers = sorted({str(v) for v in frame["register_label"].dropna()})
@@ -238,7 +264,7 @@ def target_strips(frame: pd.DataFrame, *, max_panels: int = 6) -> Figure:
     n = len(panels)
     ncols = min(n, 3)
     nrows = -(-n // ncols)
-    fig = _new_figure(3.6 * ncols + 0.8, 3.0 * nrows + 0.9, layout="constrained")
+    fig = _new_figure(3.9 * ncols + 0.8, 3.2 * nrows + 0.9, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     rng = np.random.default_rng(20260607)
     for ax in axes.flat[n:]:
@@ -246,37 +272,45 @@ def target_strips(frame: pd.DataFrame, *, max_panels: int = 6) -> Figure:
     for p, (ax, ((unit, run, zone, metric), sub)) in enumerate(zip(axes.flat, panels)):
         sub = sub.sort_values(["prompt_class", "prompt_id"], kind="stable")
         classes = class_order(sub["prompt_class"])
+        values_all = sub["value"].astype(float).to_numpy()
+        finite = values_all[np.isfinite(values_all)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        pad = 0.12 * ((hi - lo) or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(-0.5, len(classes) - 0.5 + 0.15)
         ticks = []
         for c, cls in enumerate(classes):
             rows = sub[sub["prompt_class"].astype(str) == cls]
             values = rows["value"].astype(float).to_numpy()
-            xs = c + rng.uniform(-0.2, 0.2, size=len(rows))
+            xs = c - 0.18 + rng.uniform(-0.1, 0.1, size=len(rows))
             fills = [colours.get(str(r), "#8c959f") for r in rows["register_label"]]
             ax.scatter(xs, values, s=22, c=fills, edgecolors="white", linewidths=0.5, zorder=3)
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            if np.isfinite(mean):
-                ax.plot([c - 0.32, c + 0.32], [mean, mean], color=INK, lw=1.6, zorder=4)
-            ticks.append(f"{_lit(cls)}\nmean {_fmt(mean)} · n {len(rows)}")
+            ticks.append((tick_labels or {}).get((str(run), cls), _lit(cls)))
             crossing = rows["crosses"].astype(bool).to_numpy()
-            for j, (x, v, pid) in enumerate(zip(xs[crossing], values[crossing], rows["prompt_id"][crossing])):
+            if not crossing.any():
+                continue
+            ids = list(rows["prompt_id"][crossing])
+            xc, vc = xs[crossing], values[crossing]
+            y0, y1 = ax.get_ylim()
+            fractions = [(v - y0) / (y1 - y0) for v in vc]
+            spots = _spread(fractions, gap=0.075)
+            for x, v, pid, spot in zip(xc, vc, ids, spots):
                 ring = ax.scatter([x], [v], s=80, facecolors="none", edgecolors=TARGET, linewidths=1.5, zorder=5)
                 ring.set_gid(f"p{p}-cross-ring-{slug(pid)}")
-                note = ax.annotate(_lit(pid), (x, v), xytext=(-12 if c else 12, 12 + 11 * (j % 3)),
-                                   textcoords="offset points", ha="right" if c else "left", fontsize=7.5,
+                note = ax.annotate(_lit(pid, 32), (x, v), xytext=(c + 0.08, spot),
+                                   textcoords=("data", "axes fraction"), ha="left", va="center", fontsize=7.5,
                                    color=TARGET, fontweight="bold", zorder=6,
-                                   arrowprops={"arrowstyle": "-", "color": TARGET, "lw": 0.8})
+                                   arrowprops={"arrowstyle": "-", "color": TARGET, "lw": 0.7, "shrinkA": 1})
                 note.set_gid(f"p{p}-cross-{slug(pid)}")
                 note.set_in_layout(False)
         ax.set_xticks(range(len(classes)), ticks)
-        ax.set_xlim(-0.6, len(classes) - 0.4)
-        ax.margins(y=0.14)
         ax.set_title(_lit(unit), loc="left")
         ax.set_ylabel(_lit(f"{metric} · {zone} · {run}"))
         ax.grid(axis="y", color="#eaeef2", lw=0.8, zorder=0)
     handles = [Line2D([], [], ls="", marker="o", ms=6, mfc=colours[r], mec="white", label=_lit(r)) for r in registers]
     handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="none", mec=TARGET, mew=1.5,
-                          label="crosses its class"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5),
+                          label="crosses its class (register not the one its class was built to elicit)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
                title="generated register (frozen rubric)", title_fontsize=8)
     return fig
 
@@ -286,8 +320,10 @@ def target_strips(frame: pd.DataFrame, *, max_panels: int = 6) -> Figure:
 
 
 @_styled
-def null_histogram(values: np.ndarray, *, observed: float | None, critical: float | None) -> Figure:
-    """Histogram of the permutation null with the observed statistic and the critical value."""
+def null_histogram(values: np.ndarray, *, observed: float | None, critical: float | None,
+                   xlabel: str = "statistic", ylabel: str = "resamples") -> Figure:
+    """Histogram of a resampling null with the observed statistic (solid) and the critical value (dashed),
+    both as the ledger gives them."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     fig = _new_figure(7.6, 3.0)
@@ -301,20 +337,24 @@ def null_histogram(values: np.ndarray, *, observed: float | None, critical: floa
     bins = np.linspace(lo - pad, hi + pad, 61)
     ax.hist(values, bins=bins, color="#8c959f", edgecolor="white", linewidth=0.3, zorder=2)
     ax.set_xlim(lo - pad, hi + pad)
-    ax.set_xlabel("statistic")
-    ax.set_ylabel("relabellings")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(axis="y", color="#eaeef2", lw=0.8, zorder=0)
     top = ax.get_ylim()[1]
+    right_half = (lo + hi) / 2
     if critical is not None and np.isfinite(critical):
         line = ax.axvline(critical, color=PALETTE[1], lw=1.6, ls="--", zorder=3)
         line.set_gid("critical")
-        ax.annotate(f"critical {_fmt(critical)}", (critical, top * 0.93), xytext=(-4, 0),
-                    textcoords="offset points", ha="right", fontsize=8, color="#9a6700")
+        left = critical > right_half
+        ax.annotate(f"critical {_fmt(critical)}", (critical, top * 0.93), xytext=(-4 if left else 4, 0),
+                    textcoords="offset points", ha="right" if left else "left", fontsize=8, color="#9a6700")
     if observed is not None and np.isfinite(observed):
         line = ax.axvline(observed, color=TARGET, lw=2.0, zorder=4)
         line.set_gid("observed")
-        ax.annotate(f"observed {_fmt(observed)}", (observed, top * 0.78), xytext=(-4, 0),
-                    textcoords="offset points", ha="right", fontsize=8.5, color=TARGET, fontweight="bold")
+        left = observed > right_half
+        ax.annotate(f"observed {_fmt(observed)}", (observed, top * 0.78), xytext=(-4 if left else 4, 0),
+                    textcoords="offset points", ha="right" if left else "left", fontsize=8.5, color=TARGET,
+                    fontweight="bold")
     return fig
 
 
@@ -324,7 +364,8 @@ def null_histogram(values: np.ndarray, *, observed: float | None, critical: floa
 
 @_styled
 def wsq_bars(frame: pd.DataFrame) -> Figure:
-    """Three panels, W, S and Q, with one bar per group (and per unit when there are several)."""
+    """Three panels, W, S and Q, with one bar per group (and per unit when there are several) and the
+    table's 95% interval of each group mean (``<metric>_ci_low`` / ``_ci_high``) as a whisker."""
     units = sorted({str(u) for u in frame["unit"]})
     groups = class_order(frame["group"])
     colours = _colours(groups)
@@ -334,17 +375,27 @@ def wsq_bars(frame: pd.DataFrame) -> Figure:
         ["unit", "group"]).set_index(["unit", "group"])
     titles = {"W": "W = S × Q (mean routed weight)", "S": "S (selection rate)", "Q": "Q (weight when selected)"}
     width = (0.8 if len(units) > 1 else 0.6) / max(len(groups), 1)
+
+    def cell(u: str, group: str, column: str) -> float:
+        if (u, group) not in table.index or column not in table.columns:
+            return float("nan")
+        value = table.loc[(u, group), column]
+        return float(value) if value is not None else float("nan")
+
     for ax, metric in zip(axes, ("W", "S", "Q")):
         for g, group in enumerate(groups):
-            heights = [float(table.loc[(u, group), metric]) if (u, group) in table.index else np.nan for u in units]
+            heights = [cell(u, group, metric) for u in units]
+            lows = [cell(u, group, f"{metric}_ci_low") for u in units]
+            highs = [cell(u, group, f"{metric}_ci_high") for u in units]
             xs = np.arange(len(units)) + (g - (len(groups) - 1) / 2) * width
             bars = ax.bar(xs, heights, width=width * 0.92, color=colours[group], zorder=2, label=_lit(group))
             for u, patch in zip(units, bars):
                 patch.set_gid(f"{metric}-{slug(group)}-{slug(u)}")
-            for x, h in zip(xs, heights):
-                if np.isfinite(h):
-                    ax.annotate(_fmt(h), (x, h), xytext=(0, 2), textcoords="offset points",
-                                ha="center", va="bottom", fontsize=7.5, color=INK)
+            for x, h, l, hh, u in zip(xs, heights, lows, highs, units):
+                if np.isfinite(l) and np.isfinite(hh):
+                    whisker = ax.errorbar([x], [h], yerr=[[max(h - l, 0.0)], [max(hh - h, 0.0)]], fmt="none",
+                                          ecolor=INK, elinewidth=1.0, capsize=3, zorder=3)
+                    whisker.lines[2][0].set_gid(f"{metric}-{slug(group)}-{slug(u)}-ci")
         ax.set_xticks(range(len(units)), [_lit(u) for u in units])
         ax.set_title(titles[metric], loc="left", fontsize=9)
         ax.grid(axis="y", color="#eaeef2", lw=0.8, zorder=0)
@@ -358,8 +409,9 @@ def wsq_bars(frame: pd.DataFrame) -> Figure:
 
 
 @_styled
-def ablation_drops(frame: pd.DataFrame, *, threshold: float | None) -> Figure:
-    """Per-pair logit-difference drop, pairs sorted within class; class means and the threshold."""
+def ablation_drops(frame: pd.DataFrame, *, threshold: float | None, means: dict[str, float] | None = None) -> Figure:
+    """Per-pair logit-difference drop, pairs sorted within class, and the threshold. ``means`` maps a pair
+    class to its mean drop as the ledger gives it; each is drawn as a line across its class, labelled."""
     classes = class_order(frame["pair_class"])
     colours = _colours(classes)
     fig = _new_figure(9.2, 3.4)
@@ -371,19 +423,21 @@ def ablation_drops(frame: pd.DataFrame, *, threshold: float | None) -> Figure:
         drops = rows["drop"].astype(float).to_numpy()
         points = ax.scatter(xs, drops, s=14, color=colours[cls], zorder=3, label=_lit(f"{cls} (n={len(rows)})"))
         points.set_gid(f"pairs-{slug(cls)}")
-        if len(rows) and np.isfinite(drops).any():
-            mean = float(np.nanmean(drops))
-            ax.plot([xs[0] - 0.5, xs[-1] + 0.5], [mean, mean], color=colours[cls], lw=2.0, zorder=4)
+        mean = (means or {}).get(cls)
+        if len(rows) and mean is not None and np.isfinite(mean):
+            line, = ax.plot([xs[0] - 0.5, xs[-1] + 0.5], [mean, mean], color=colours[cls], lw=2.0, zorder=4)
+            line.set_gid(f"mean-{slug(cls)}")
             ax.annotate(f"mean {_fmt(mean)}", (xs[-1] + 0.5, mean), xytext=(3, 3), textcoords="offset points",
                         fontsize=8, color=colours[cls], fontweight="bold")
         start += len(rows) + 3
+    ax.set_xlim(-2, start + 6)
     ax.axhline(0.0, color="#8c959f", lw=0.8, zorder=1)
     if threshold is not None and np.isfinite(threshold):
         line = ax.axhline(threshold, color=TARGET, lw=1.5, ls="--", zorder=2)
         line.set_gid("threshold")
-        ax.annotate(f"threshold {_fmt(threshold)} logits (on the mean drop)", (0.0, threshold),
-                    xycoords=("axes fraction", "data"), xytext=(4, 4), textcoords="offset points",
-                    fontsize=8, color=TARGET)
+        ax.annotate(f"threshold {_fmt(threshold)} logits (on the mean drop)", (1.0, threshold),
+                    xycoords=("axes fraction", "data"), xytext=(-4, 4), textcoords="offset points",
+                    ha="right", fontsize=8, color=TARGET)
     ax.set_xticks([])
     ax.set_xlabel("contrastive pairs, sorted by drop within class")
     ax.set_ylabel("margin drop under ablation (logits)")

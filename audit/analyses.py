@@ -61,6 +61,22 @@ def direction_ok(diff: float, tails: str) -> bool:
     return diff > 0 if tails == "greater" else diff < 0 if tails == "less" else diff != 0
 
 
+def critical_value(null, alpha: float, tails: str, exact: bool) -> float:
+    """The critical statistic of a resampling null at ``alpha``, as the all-unit baseline defines it
+    (:mod:`stats.baseline`): the k-th largest null value in the tested direction, k = floor(alpha * P) for an
+    exact enumeration of P, floor(alpha * (P + 1) - 1) for P Monte Carlo resamples. Two-sided: on |statistic|."""
+    values = np.asarray(null, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    directed = {"greater": values, "less": -values}.get(tails, np.abs(values))
+    if not directed.size:
+        return float("nan")
+    srt = np.sort(directed)[::-1]
+    k = int(np.floor(alpha * srt.size + 1e-9)) if exact else int(np.floor(alpha * (1 + srt.size) - 1 + 1e-9))
+    if not 0 <= k < srt.size:
+        return float("nan")
+    return float(-srt[k]) if tails == "less" else float(srt[k])
+
+
 def record_baseline(out: Outcome, analysis: dict, result, ids: list[str], target: str, targets: list[str],
                      settings: Settings, what: str, columns: dict) -> None:
     """The all-unit baseline's numbers, tables, primary criterion and warnings, for units or head slots."""

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from lockstep.witness import signs_new_entries
+
 STUDY_DIR = click.argument("study_dir", type=click.Path(path_type=Path))
 
 
@@ -18,6 +20,7 @@ def _run_ids(frozen, run_ids) -> list[str]:
 @click.option("--run", "run_ids", multiple=True, help="Run id(s) to label (default: every preregistered run).")
 @click.option("--export-sheet", type=click.Path(path_type=Path), help="Human rubric: write a blinded sheet here.")
 @click.option("--import-sheet", type=click.Path(path_type=Path), help="Human rubric: read the filled sheet and freeze it.")
+@signs_new_entries
 def label(study_dir: Path, run_ids, export_sheet, import_sheet) -> None:
     """Apply the frozen rubric to generated texts only, and freeze the labels (before any score is read)."""
     from lockstep.errors import UsageError
@@ -43,10 +46,15 @@ def label(study_dir: Path, run_ids, export_sheet, import_sheet) -> None:
         result = import_(frozen, run_id, run_dir, import_sheet) if import_sheet else label_run(frozen, run_id, run_dir)
         counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
         click.echo(f"{result.path}: labels frozen ({counts})")
+        if result.agreement is not None:  # rubric human_arm: the human sheet against the lexicon
+            click.echo(f"  {result.agreement.sentence()}"
+                       + ("" if result.agreement.passed else "; the labels are flagged, and the audit holds every claim "
+                                                             "that reads them at not_established"))
 
 
 @click.command()
 @STUDY_DIR
+@signs_new_entries
 def audit(study_dir: Path) -> None:
     """Compute the preregistered statistics and write the ledger, run cards, tables and report."""
     from lockstep.gate import require_frozen
@@ -69,8 +77,12 @@ def audit(study_dir: Path) -> None:
 @click.option("--approve", is_flag=True, required=True, help="Sign off the current ledger.")
 @click.option("--reviewer", required=True, help="Name of the reviewer, recorded in the journal.")
 @click.option("--note", default="", help="What the reviewer checked.")
+@signs_new_entries
 def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
-    """Record a named reviewer's approval of the current ledger in the journal."""
+    """Record a named reviewer's approval of the current ledger in the journal.
+
+    An approval counts only when signed (--sign-key) by the reviewer it names, listed in the allowed signers.
+    """
     import json
 
     from lockstep import artifacts
@@ -85,8 +97,64 @@ def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
     ledger = reports_dir(frozen) / LEDGER
     if not ledger.exists():
         raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `make audit STUDY={frozen.study_id}` first")
+    from .data import check_audited
+
+    check_audited(frozen, ledger)  # a reviewer approves the ledger the audit wrote, nothing else
     rel = artifacts.repo_relative(ledger, frozen.repo_root)
     append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)}, outputs={}, access_level="scores_seen",
                  lock_digest=frozen.lock_digest, details={"decision": "approve", "reviewer": reviewer, "note": note,
                           "ledger_digest": content_digest(json.loads(ledger.read_text()))})
-    click.echo(f"{frozen.study_id}: ledger approved by {reviewer}; run `make audit STUDY={frozen.study_id}` to print it as approved")
+    click.echo(f"{frozen.study_id}: approval by {reviewer} recorded; signed by {reviewer} (an allowed signer), it counts: "
+               f"run `make audit STUDY={frozen.study_id}` to print the ledger as approved")
+
+
+@click.command("check-writeup")
+@STUDY_DIR
+@click.argument("writeup", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (study id and lock digest at the top).")
+def check_writeup(study_dir: Path, writeup: Path, as_json: bool) -> None:
+    """Trace every number of a Markdown write-up to the study's ledger; exit 1 if any is untraceable or wrong."""
+    import json
+
+    from lockstep.gate import require_frozen
+
+    from .ledger import LEDGER, read_ledger, reports_dir
+    from .writeup import check_writeup as check
+
+    frozen = require_frozen(study_dir)
+    ledger = read_ledger(_audited(frozen, reports_dir(frozen) / LEDGER))
+    report = check(writeup.read_text(encoding="utf-8", errors="replace"), ledger)
+    if as_json:
+        click.echo(json.dumps({"study_id": ledger["study_id"], "lock_digest": ledger["lock_digest"], **report.to_dict()}, indent=2))
+    else:
+        click.echo(f"{writeup} against {frozen.study_id}'s ledger: " + report.render())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@click.command()
+@STUDY_DIR
+@click.option("--claim", "hypothesis", help="One hypothesis id (default: every claim).")
+def cite(study_dir: Path, hypothesis: str | None) -> None:
+    """Draft the citation sentence of each claim from the ledger (every number traceable to it)."""
+    from lockstep.errors import UsageError
+    from lockstep.gate import require_frozen
+
+    from .ledger import LEDGER, read_ledger, reports_dir
+    from .writeup import cite as sentences
+
+    frozen = require_frozen(study_dir)
+    ledger = read_ledger(_audited(frozen, reports_dir(frozen) / LEDGER))
+    out = sentences(ledger, hypothesis)
+    if not out:
+        raise UsageError(f"no claim {hypothesis!r} in the ledger", hint="name one of: " + ", ".join(c["hypothesis"] for c in ledger["claims"]))
+    for line in out:
+        click.echo(line)
+
+
+def _audited(frozen, path: Path) -> Path:
+    from lockstep.errors import UsageError
+
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: the study has not been audited", hint=f"run `lockstep audit {frozen.root}` first")
+    return path

@@ -4,9 +4,9 @@ A run's folder is where its capture's journal entry says (:func:`lockstep.artifa
 ``--runs-root`` given to capture is honoured). :func:`load_run` asks the design's audit module
 (``audit/designs/<name>.py``) to read it, after the checks its design record calls for: a design that
 labels generated text (``needs_labels``) is read only when the journal shows, for that run, a capture
-entry and then a label entry whose digests match the files on disk — labels before scores; a design
-that labels nothing is read once the newest capture entry of the run records the digests its tables
-have now.
+entry and then a label entry whose digests match the files on disk — labels before scores; and every
+design's run is read only when the newest capture entry of the run records the digests its tables have
+now (:func:`check_capture_digests`; the label stage checks the texts it reads the same way).
 """
 
 from __future__ import annotations
@@ -51,20 +51,38 @@ def check_labels_before_scores(frozen, run_id: str, run_dir: Path) -> None:
         raise StageRefused(f"{texts} differs from the texts the labels were made from")
 
 
-def check_capture_digests(frozen, run_id: str, run_dir: Path) -> None:
-    """The newest capture of the run recorded every table of the design's record with the digest it has now."""
+def check_captured_files(frozen, run_id: str, run_dir: Path, names, optional=()) -> None:
+    """The newest capture of the run recorded each of ``names`` (and of ``optional``, where present) with
+    the digest the file has now; StageRefused naming the first that is missing or differs."""
     captures = _captures(frozen, run_id)
     outputs = captures[-1]["outputs"]
-    record = frozen.design_record
-    for name in record.run_tables + record.optional_tables:
+    for name in [*names, *optional]:
         path = run_dir / name
         if not path.exists():
-            if name in record.optional_tables:
+            if name in optional:
                 continue
             raise StageRefused(f"{path} is missing", hint=f"run `make capture STUDY={frozen.study_id}` again")
         if outputs.get(_rel(frozen, path)) != sha256_file(path):
             raise StageRefused(f"{path} differs from the file the capture recorded in the journal (entry {captures[-1]['seq']})",
                                hint="captured data cannot change after capture; restore it, or capture into a new run")
+
+
+def check_capture_digests(frozen, run_id: str, run_dir: Path) -> None:
+    """Every table of the design's record as the newest capture of the run recorded it (labels are the
+    label stage's output, checked by :func:`check_labels_before_scores`)."""
+    record = frozen.design_record
+    check_captured_files(frozen, run_id, run_dir, [t for t in record.run_tables if t != artifacts.LABELS],
+                         record.optional_tables)
+
+
+def check_audited(frozen, path: Path) -> None:
+    """``path`` (a report file) is as the newest audit entry recorded it; StageRefused otherwise."""
+    audits = frozen.journal.stages("audit")
+    if not audits:
+        raise StageRefused(f"{path} is not recorded by any audit in the journal", hint=f"run `make audit STUDY={frozen.study_id}`")
+    if audits[-1]["outputs"].get(_rel(frozen, path)) != sha256_file(path):
+        raise StageRefused(f"{path} differs from the file the audit recorded in the journal (entry {audits[-1]['seq']})",
+                           hint=f"the ledger cannot change after its audit; restore it, or rerun `make audit STUDY={frozen.study_id}`")
 
 
 def captured_run_dir(frozen, run_id: str) -> Path:
@@ -83,6 +101,5 @@ def load_run(frozen, run_id: str):
     run_dir = captured_run_dir(frozen, run_id)
     if frozen.design_record.needs_labels:
         check_labels_before_scores(frozen, run_id, run_dir)
-    else:
-        check_capture_digests(frozen, run_id, run_dir)
+    check_capture_digests(frozen, run_id, run_dir)
     return audit_design(frozen.design).read_run(run_id, run_dir)

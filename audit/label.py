@@ -8,6 +8,11 @@ for a run whose labels are not frozen.
 Rubric kinds: ``lexicon`` (frozen word lists and declarative rules, evaluated without ``eval``) and
 ``judge`` (a local model scores each label as a continuation of a frozen template, :mod:`audit.judge`),
 and ``human`` (a blinded sheet exported, filled, and imported).
+
+The lexicon engine (word sets, the negation/disclaimer scope, rules, the pilot) is
+:mod:`lockstep.lexicon`, which validation runs too. A lexicon rubric may declare ``human_arm`` (the
+blinded human sheet beside the lexicon, one of them the labeller of record, with a preregistered minimum
+Cohen's kappa between the two: :func:`import_sheet`, :func:`agreement`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import operator
-import re
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +33,12 @@ from lockstep import artifacts
 from lockstep.errors import LockstepError, ProblemList, StageRefused
 from lockstep.fsio import atomic_write, sha256_file
 from lockstep.journal import append_entry
+from lockstep.lexicon import apply_rules, lexicon_features
+
+from .data import check_captured_files
 
 LABELS = artifacts.LABELS
 SHEET_KEY = "sheet_key.json"
-_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -41,54 +46,77 @@ class LabelResult:
     path: Path
     counts: dict[str, int]
     entry: dict
+    agreement: Agreement | None = None  # the human arm against the lexicon, when the rubric declares one
 
 
-def words(text: str, case: str = "lower") -> list[str]:
-    """Word tokens: letters/digits with an inner apostrophe (``i'm``), lower-cased unless ``case: sensitive``."""
-    text = text if case == "sensitive" else text.casefold()
-    return _WORD.findall(text)
+@dataclass(frozen=True)
+class Agreement:
+    """Cohen's kappa and raw agreement between the human arm and the lexicon on one run's texts.
 
-
-def lexicon_features(text: str, lexicon: dict) -> dict[str, float]:
-    """Counts and rates of the rubric's word sets in ``text``.
-
-    A set entry with a space is a phrase, counted as a run of words; ``rate_of`` divides by the number
-    of words (0 for an empty text).
+    ``kappa`` is NaN when it is undefined (both arms gave every text one and the same label: chance
+    agreement is 1); an undefined kappa does not reach any minimum.
     """
-    case = lexicon.get("case", "lower")
-    tokens = words(text, case)
-    counts = {}
-    for name, entries in lexicon["sets"].items():
-        total = 0
-        for entry in entries:
-            phrase = words(entry, case)
-            if len(phrase) == 1:
-                total += sum(1 for t in tokens if t == phrase[0])
-            elif phrase:
-                n = len(phrase)
-                total += sum(1 for i in range(len(tokens) - n + 1) if tokens[i:i + n] == phrase)
-        counts[name] = total
-    features = {}
-    for name, spec in lexicon["features"].items():
-        (kind, set_name), = spec.items()
-        count = counts[set_name]
-        features[name] = float(count) if kind == "count_of" else (count / len(tokens) if tokens else 0.0)
-    features["n_words"] = float(len(tokens))
-    return features
+
+    n: int
+    raw: float
+    expected: float
+    kappa: float
+    min_kappa: float
+    labeller_of_record: str
+
+    @property
+    def passed(self) -> bool:
+        return not math.isnan(self.kappa) and self.kappa >= self.min_kappa
+
+    def to_dict(self) -> dict:
+        kappa = None if math.isnan(self.kappa) else self.kappa
+        return {"n": self.n, "raw_agreement": self.raw, "expected_agreement": self.expected, "kappa": kappa,
+                "min_kappa": self.min_kappa, "labeller_of_record": self.labeller_of_record, "passed": self.passed}
+
+    def sentence(self) -> str:
+        if math.isnan(self.kappa):
+            kappa, verdict = "undefined (both arms gave one label throughout)", "so it cannot reach"
+        else:
+            kappa, verdict = f"{self.kappa:.3f}", "kappa meets" if self.passed else "kappa is BELOW"
+        return (f"human vs lexicon on {self.n} texts: Cohen's kappa {kappa}, raw agreement {self.raw:.3f}; "
+                f"{verdict} the preregistered minimum {self.min_kappa:g} (labeller of record: {self.labeller_of_record})")
 
 
-def apply_rules(features: dict[str, float], lexicon: dict) -> tuple[str, str]:
-    """The first rule whose conditions hold gives the label; else ``otherwise``. Returns (label, why)."""
-    for index, rule in enumerate(lexicon["rules"]):
-        checks_all = [_holds(features, c) for c in rule.get("all", [])]
-        checks_any = [_holds(features, c) for c in rule.get("any", [])]
-        if all(checks_all) and (not checks_any or any(checks_any)):
-            return rule["label"], f"rule {index}"
-    return lexicon["otherwise"], "otherwise"
+def cohen_kappa(a, b, labels) -> tuple[float, float, float]:
+    """(raw agreement p_o, chance agreement p_e, kappa) of two labellings of the same items.
+
+    kappa = (p_o - p_e) / (1 - p_e), p_e = sum over labels of the product of the two arms' label shares
+    (Cohen 1960); NaN when p_e = 1. Checked against ``sklearn.metrics.cohen_kappa_score``.
+    """
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"`a` and `b` must label the same, non-empty set of items; got {len(a)} and {len(b)}")
+    observed = float(np.mean(a == b))
+    expected = float(sum(np.mean(a == k) * np.mean(b == k) for k in labels))
+    kappa = (observed - expected) / (1.0 - expected) if expected < 1.0 else float("nan")
+    return observed, expected, kappa
 
 
-def _holds(features: dict[str, float], condition: dict) -> bool:
-    return bool(_OPS[condition["op"]](features[condition["feature"]], condition["value"]))
+def agreement(human, lexicon, rubric: dict) -> Agreement:
+    """The human arm's agreement with the lexicon, judged against the rubric's ``human_arm.min_kappa``."""
+    arm = rubric["human_arm"]
+    observed, expected, kappa = cohen_kappa(human, lexicon, list(rubric["labels"]))
+    return Agreement(len(human), observed, expected, kappa, float(arm["min_kappa"]), arm["labeller_of_record"])
+
+
+def run_agreement(frozen, run_dir: Path) -> Agreement | None:
+    """The agreement recorded in a run's frozen labels (``human_label`` and ``lexicon_label`` columns);
+    None when the rubric declares no human arm. The audit calls this after checking the labels' digest."""
+    if "human_arm" not in frozen.rubric:
+        return None
+    path = Path(run_dir) / LABELS
+    names = set(pq.read_schema(path).names)
+    if not {"human_label", "lexicon_label"} <= names:
+        raise StageRefused(f"{path} has no human_label/lexicon_label columns, but the rubric declares a human arm",
+                           hint=f"freeze the labels through the blinded sheet: `lockstep label {frozen.root} --run RUN --export-sheet ...` "
+                                "then `--import-sheet`")
+    frame = pq.read_table(path, columns=["human_label", "lexicon_label"]).to_pandas()
+    return agreement(frame["human_label"].tolist(), frame["lexicon_label"].tolist(), frozen.rubric)
 
 
 def _text_column(rubric: dict) -> str:
@@ -114,6 +142,57 @@ def lexicon_labels(texts: pd.DataFrame, rubric: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["prompt_id", "label", "rule", "features"])
 
 
+# ---------------------------------------------------------------- the human arm in the audit
+
+#: warning code of a claim held at not_established because its run's labels fell below human_arm.min_kappa
+LOW_AGREEMENT = "labels_below_min_kappa"
+
+
+def reads_register_labels(analysis: dict) -> bool:
+    """Does this analysis (as resolved) decide on register labels: groups by them, or models them?"""
+    return (analysis.get("groups") or {}).get("by") == "register_label" or "register" in analysis
+
+
+def run_agreements(frozen, run_ids) -> dict[str, Agreement]:
+    """The human arm's agreement with the lexicon for each run that has one (rubric ``human_arm``).
+    Read from the run's frozen labels, whose digest the audit checked when it loaded the run."""
+    from .data import run_dir_of
+
+    out = {}
+    for run_id in sorted(run_ids):
+        agreed = run_agreement(frozen, run_dir_of(frozen, run_id))
+        if agreed is not None:
+            out[run_id] = agreed
+    return out
+
+
+def hold_on_agreement(claim: dict, analysis: dict, agreements: dict[str, Agreement]) -> dict:
+    """``claim`` (a ledger claim) held at ``not_established`` when its analysis decides on the register
+    labels of a run whose human/lexicon kappa is below the preregistered minimum; else unchanged."""
+    if not reads_register_labels(analysis):
+        return claim
+    low = [r for r in (analysis.get("run"), *analysis.get("runs", ())) if r in agreements and not agreements[r].passed]
+    if not low:
+        return claim
+    why = "; ".join(f"run {r}: {agreements[r].sentence()}" for r in low)
+    warning = f"register labels not corroborated ({why}); the claim cannot be decided on them"
+    return claim | {"status": "not_established",
+                    "reason": f"{warning} (by its criteria alone: {claim['status']}: {claim['reason']})",
+                    "warnings": [*claim["warnings"], warning], "warning_codes": [*claim.get("warning_codes", []), LOW_AGREEMENT]}
+
+
+def annotate_run_cards(cards: list[dict], agreements: dict[str, Agreement]) -> None:
+    """Add each run's human/lexicon agreement to its run card (``labelling``), with a warning below the minimum."""
+    for card in cards:
+        agreed = agreements.get(card["run_id"])
+        if agreed is None:
+            continue
+        card["labelling"] = agreed.to_dict()
+        if not agreed.passed:
+            card["warnings"].append(f"labels flagged: {agreed.sentence()}")
+            card["status"] = "pass_with_warnings" if card["status"] == "pass" else card["status"]
+
+
 def _write_labels(run_dir: Path, frame: pd.DataFrame) -> Path:
     frame = frame.sort_values("prompt_id", kind="stable").reset_index(drop=True)
     sink = io.BytesIO()
@@ -123,19 +202,30 @@ def _write_labels(run_dir: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
-def _freeze_labels(frozen, run_id: str, run_dir: Path, frame: pd.DataFrame, how: str) -> LabelResult:
+def _freeze_labels(frozen, run_id: str, run_dir: Path, frame: pd.DataFrame, how: str,
+                   agreed: Agreement | None = None) -> LabelResult:
     path = _write_labels(run_dir, frame)
     rel = lambda p: artifacts.repo_relative(p, frozen.repo_root)  # noqa: E731
     counts = {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
+    details = {"run": run_id, "rubric_kind": frozen.rubric["kind"], "how": how, "counts": counts}
+    if agreed is not None:
+        details["agreement"] = agreed.to_dict()
     entry = append_entry(frozen.root, "label", inputs={rel(run_dir / artifacts.TEXTS): sha256_file(run_dir / artifacts.TEXTS)},
                          outputs={rel(path): sha256_file(path)}, access_level="labels_frozen", lock_digest=frozen.lock_digest,
-                         details={"run": run_id, "rubric_kind": frozen.rubric["kind"], "how": how, "counts": counts})
-    return LabelResult(path, counts, entry)
+                         details=details)
+    return LabelResult(path, counts, entry, agreed)
 
 
 def label_run(frozen, run_id: str, run_dir: Path) -> LabelResult:
     """Apply a lexicon rubric to one captured run and freeze the labels (journal: ``labels_frozen``)."""
+    check_captured_files(frozen, run_id, run_dir, [artifacts.TEXTS])
     rubric = frozen.rubric
+    if "human_arm" in rubric:
+        raise LockstepError(f"the rubric of {frozen.study_id} declares a human arm (labeller of record: "
+                            f"{rubric['human_arm']['labeller_of_record']}); its labels are frozen with the blinded sheet, "
+                            "beside the lexicon's, so that their agreement is measured",
+                            hint=f"export a blinded sheet with `lockstep label {frozen.root} --run {run_id} --export-sheet sheet.csv`, "
+                                 f"fill it, then `lockstep label {frozen.root} --run {run_id} --import-sheet sheet.csv`")
     if rubric["kind"] == "lexicon":
         frame = lexicon_labels(read_texts(run_dir, rubric), rubric)
         return _freeze_labels(frozen, run_id, run_dir, frame, "lexicon")
@@ -159,6 +249,7 @@ def export_sheet(frozen, run_id: str, run_dir: Path, out: Path, *, seed: int | N
     The code → prompt id key stays in the run folder (``sheet_key.json``); labellers see only the code,
     the generated text and an empty ``label`` column with the allowed labels in the header comment.
     """
+    check_captured_files(frozen, run_id, run_dir, [artifacts.TEXTS])
     rubric = frozen.rubric
     texts = read_texts(run_dir, rubric)
     rng = np.random.default_rng(seed if seed is not None else rubric.get("human", {}).get("seed", 0))
@@ -178,6 +269,7 @@ def export_sheet(frozen, run_id: str, run_dir: Path, out: Path, *, seed: int | N
 
 def import_sheet(frozen, run_id: str, run_dir: Path, sheet: Path) -> LabelResult:
     """Validate a filled sheet against the key and the rubric's labels, then freeze the labels."""
+    check_captured_files(frozen, run_id, run_dir, [artifacts.TEXTS])
     key_path = Path(run_dir) / SHEET_KEY
     if not key_path.exists():
         raise StageRefused(f"{key_path} is missing: no sheet was exported for run {run_id!r}",
@@ -205,4 +297,27 @@ def import_sheet(frozen, run_id: str, run_dir: Path, sheet: Path) -> LabelResult
     problems.raise_if_any(hint="correct the sheet and import it again")
     frame = pd.DataFrame({"prompt_id": [key[c] for c in seen], "label": list(seen.values()),
                           "rule": "human", "features": "{}"})
-    return _freeze_labels(frozen, run_id, run_dir, frame, "human sheet")
+    if "human_arm" not in frozen.rubric:
+        return _freeze_labels(frozen, run_id, run_dir, frame, "human sheet")
+    return _freeze_both_arms(frozen, run_id, run_dir, frame)
+
+
+def _freeze_both_arms(frozen, run_id: str, run_dir: Path, human: pd.DataFrame) -> LabelResult:
+    """Freeze the human and the lexicon labels of one run together, the labeller of record's as ``label``.
+
+    Cohen's kappa between the two arms is computed on the run's texts and recorded in the journal entry.
+    Labels below the preregistered ``human_arm.min_kappa`` are frozen all the same, and flagged: refusing
+    them would invite relabelling until the agreement passes, whereas a frozen, flagged run stays on the
+    record, and the audit holds every claim that reads its register labels at ``not_established``
+    (:func:`audit.ledger.compute`).
+    """
+    rubric = frozen.rubric
+    lexicon = lexicon_labels(read_texts(run_dir, rubric), rubric)
+    frame = human.rename(columns={"label": "human_label"})[["prompt_id", "human_label"]].merge(
+        lexicon.rename(columns={"label": "lexicon_label"}), on="prompt_id", how="left", validate="one_to_one")
+    record = rubric["human_arm"]["labeller_of_record"]
+    frame["label"] = frame[f"{record}_label"]
+    frame["rule"] = "human" if record == "human" else frame["rule"]
+    frame = frame[["prompt_id", "label", "rule", "features", "human_label", "lexicon_label"]]
+    agreed = agreement(frame["human_label"].tolist(), frame["lexicon_label"].tolist(), rubric)
+    return _freeze_labels(frozen, run_id, run_dir, frame, f"human sheet + lexicon (labeller of record: {record})", agreed)

@@ -8,6 +8,7 @@ can recompute it and compare with the one on disk.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lockstep import __version__, artifacts
+from lockstep import __version__, artifacts, witness
 from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, sha256_file, utc_now
 from lockstep.journal import append_entry
 from lockstep.records import LEDGER as LEDGER_SCHEMA
@@ -23,10 +24,12 @@ from lockstep.records import check_record, read_record, write_record
 
 from .analyses import Outcome, Settings, analysis_for
 from .data import load_run, run_dir_of
-from .verdicts import decide, evidence_standard
+from .label import annotate_run_cards, hold_on_agreement, run_agreements
+from .designs import audit_design
+from .verdicts import cap_by_evidence, decide, evidence_standard
 
 LEDGER = artifacts.LEDGER
-VOLATILE = ("generated_utc",)
+VOLATILE = ("generated_utc", "evidence")  # evidence: witnesses can be added after the audit (lockstep.witness)
 
 
 def reports_dir(frozen) -> Path:
@@ -52,8 +55,8 @@ def content_digest(ledger: dict) -> str:
 
 
 def _approved_digests(frozen) -> set[str]:
-    return {e["details"]["ledger_digest"] for e in frozen.journal.entries
-            if e["stage"] == "review" and e.get("details", {}).get("decision") == "approve"}
+    """Ledger contents approved by a review signed by the reviewer it names (an allowed signer)."""
+    return witness.approved_ledger_digests(frozen.root, frozen.journal, frozen.repo_root)
 
 
 def _set_review_status(frozen, ledger: dict) -> dict:
@@ -81,32 +84,53 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
     for hypothesis in frozen.spec["hypotheses"]:
         analysis = frozen.analysis(hypothesis["analysis"])
         outcome = outcomes[analysis["id"]]
+        fell_back = None
+        if outcome.not_established and analysis.get("fallback"):  # the preregistered fallback decides
+            fell_back = (analysis["id"], outcome.not_established)
+            analysis = frozen.analysis(analysis["fallback"])
+            outcome = outcomes[analysis["id"]]
         verdict = decide(hypothesis, outcome, frozen.thresholds, frozen.design_record)
+        if fell_back:
+            verdict = replace(verdict, reason=f"{fell_back[0]} was not established ({fell_back[1]}), so its preregistered "
+                                              f"fallback {analysis['id']} decides: {verdict.reason}")
+        points = evidence_standard(hypothesis, analysis, outcome, outcomes, verdict, frozen)
+        verdict = cap_by_evidence(verdict, points)
         claims.append({
             "hypothesis": hypothesis["id"], "claim": hypothesis["claim"], "kind": hypothesis["kind"],
             "analysis": analysis["id"], "status": verdict.status, "reason": verdict.reason,
             "review_status": "pending_review",
             "criteria": [c.to_dict() for c in verdict.criteria],
             "parameters": verdict.parameters,
-            "evidence_standard": evidence_standard(hypothesis, analysis, outcome, outcomes, verdict, frozen),
+            "evidence_standard": points,
             "numbers": _clean(outcome.numbers), "warnings": [w.message for w in outcome.warnings],
             "warning_codes": [w.code for w in outcome.warnings], "analysis_spec": dict(sorted(analysis.items())),
         })
+    agreements = run_agreements(frozen, cache)  # rubric human_arm: human vs lexicon kappa per run (audit/label.py)
+    claims = [hold_on_agreement(c, frozen.analysis(c["analysis"]), agreements) for c in claims]
     ledger = {
         "schema_version": artifacts.LEDGER_SCHEMA_VERSION, "study_id": frozen.study_id, "title": frozen.spec["title"], "design": frozen.design,
         "synthetic": bool(frozen.spec.get("synthetic", False)), "lock_digest": frozen.lock_digest,
         "generated_utc": utc_now(), "tool_version": __version__,
-        "deviations": _deviations(cache), "amendments": _amendments(frozen),
+        "deviations": _deviations(cache) + witness.uncommitted_lock_deviations(frozen.journal), "amendments": _amendments(frozen),
         "runs": _run_cards(frozen, cache, claims),
         "claims": claims,
     }
+    annotate_run_cards(ledger["runs"], agreements)
     ledger = _set_review_status(frozen, _clean(ledger))
+    ledger["evidence"] = _evidence(frozen)
     check_record(LEDGER_SCHEMA, ledger, "ledger.json", hint="a lockstep bug: the audit built a ledger its schema refuses")
     tables: dict[str, pd.DataFrame] = {}
     for outcome in outcomes.values():
         for name, frame in outcome.tables.items():
             tables[name] = pd.concat([tables[name], frame], ignore_index=True) if name in tables else frame
     return ledger, tables
+
+
+def _evidence(frozen) -> dict:
+    """The ordering evidence of the stages before this audit (the report shows it first)."""
+    evidence = witness.assess(frozen.root, frozen.journal, {"lock_digest": frozen.base_lock_digest},
+                              list(frozen.amendments), frozen.repo_root)
+    return {"level": evidence.level, "detail": evidence.detail()}
 
 
 def _clean(value):
@@ -128,8 +152,15 @@ def _deviations(cache: dict) -> list[dict]:
     out = []
     for run_id, run in sorted(cache.items()):
         for deviation in run.manifest.get("deviations", []):
+            if isinstance(deviation, dict) and "field" in deviation:  # {field, preregistered, actual}: a table row
+                out.append({"kind": "runtime", "run": run_id, "field": deviation["field"],
+                            "preregistered": deviation.get("preregistered"), "actual": deviation.get("actual"),
+                            "detail": f"run {run_id}: {deviation['field']}: preregistered {deviation.get('preregistered')!r}, "
+                                      f"actual {deviation.get('actual')!r}",
+                            **({"reason": deviation["reason"]} if deviation.get("reason") else {})})
+                continue
             detail = deviation if isinstance(deviation, str) else json.dumps(deviation, sort_keys=True)
-            out.append({"kind": "runtime", "detail": f"run {run_id}: {detail}"})
+            out.append({"kind": "runtime", "run": run_id, "detail": f"run {run_id}: {detail}"})
     return out
 
 
@@ -159,15 +190,33 @@ def _run_cards(frozen, cache: dict, claims: list[dict]) -> list[dict]:
         warnings += list(run.manifest.get("warnings", []))  # ablation runs: one line per preregistered exclusion that applied
         for deviation in run.manifest.get("deviations", []):
             warnings.append(f"runtime deviation: {deviation}")
+        excluded = audit_design(frozen.design).exclusions(frozen, run)
+        noted = " ".join(warnings)
+        for x in excluded:  # counted per run, rule and class (a capture-time exclusion is already in the manifest's lines)
+            if f"{x['rule']} " not in noted and f"{x['rule']}:" not in noted:
+                classes = ", ".join(f"{c} {n}" for c, n in x.get("by_class", {}).items())
+                warnings.append(f"{x['rule']}: {len(x['ids'])} {'flagged, kept' if x.get('action') == 'flag' else 'excluded'}"
+                                f"{f' ({classes})' if classes else ''}: {', '.join(x['ids'])}")
         failed = [c for c in mine if c["status"] in ("fell", "not_established", "unsupported")]
         status = "fail" if failed else "pass_with_warnings" if warnings else "pass"
         cards.append({"run_id": run_id, "status": status, "warnings": warnings,
-                      "claims": {c["hypothesis"]: c["status"] for c in mine}, "review_status": "pending_review"})
+                      "claims": {c["hypothesis"]: c["status"] for c in mine}, "review_status": "pending_review",
+                      "exclusions": excluded})
     return cards
+
+
+def _md_cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_num(value) -> str:
+    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def ledger_markdown(ledger: dict) -> str:
     lines = [f"# Evidence ledger: {ledger['title']}", ""]
+    if "evidence" in ledger:
+        lines += [f"Ordering evidence: **{ledger['evidence']['level']}** ({ledger['evidence']['detail']})", ""]
     if ledger["synthetic"]:
         lines += ["> SYNTHETIC study on a built model: these results are about the toolkit, not a real model.", ""]
     lines += ["## Deviations and amendments", ""]
@@ -177,9 +226,24 @@ def ledger_markdown(ledger: dict) -> str:
     for c in ledger["claims"]:
         why = c["reason"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {c['hypothesis']} ({c['kind']}): {c['claim'].replace('|', '/')} | {c['status']} | {why} |")
+    lines += ["", "## Criteria and evidence standard, per claim"]
+    for c in ledger["claims"]:
+        lines += ["", f"### {c['hypothesis']}: {c['status']}", "", f"> {c['claim']}", "",
+                  "| Criterion | Threshold | Observed | Result | Rule |", "|---|---|---|---|---|"]
+        lines += [f"| `{k['name']}` | {_md_num(k['threshold'])} | {_md_num(k['observed'])} | "
+                  f"{'met' if k['passed'] else 'not met'} | {_md_cell(k['text'])} |" for k in c["criteria"]] or ["| none | | | | |"]
+        lines += ["", "| # | Evidence standard | Status | Fact |", "|---|---|---|---|"]
+        lines += [f"| {p['point']} | {p['name']} | {'met' if p['met'] is True else 'unmet' if p['met'] is False else 'not applicable'}"
+                  f"{' (caps at ' + p['caps'] + ')' if p.get('caps') and p['met'] is False else ''} | {_md_cell(p['fact'])} |"
+                  for p in sorted(c["evidence_standard"], key=lambda p: p["point"])]
     lines += ["", "## Runs", ""]
     for r in ledger["runs"]:
         lines.append(f"- {r['run_id']}: **{r['status']}**, claim review {r['review_status']}")
+        if "labelling" in r:  # rubric human_arm (audit/label.py)
+            a = r["labelling"]
+            lines.append(f"  - labels: human vs lexicon Cohen's kappa {_md_num(a['kappa'])} (minimum {a['min_kappa']:g}), raw agreement "
+                         f"{a['raw_agreement']:.3f}, n {a['n']}, labeller of record {a['labeller_of_record']}: "
+                         f"{'met' if a['passed'] else 'FLAGGED'}")
         lines += [f"  - warning: {w}" for w in r["warnings"]]
     return "\n".join(lines) + "\n"
 
@@ -200,8 +264,8 @@ def write_reports(frozen, ledger: dict, tables: dict[str, pd.DataFrame]) -> Path
         atomic_write(out / f"run_card_{card['run_id']}.json", pretty_json(card | {"study_id": ledger["study_id"], "lock_digest": ledger["lock_digest"]}))
     atomic_write(out / "ledger.md", ledger_markdown(ledger).encode())
     write_record(out / LEDGER, LEDGER_SCHEMA, ledger)
-    from .report import render_report
-    render_report(out)
+    from .report import render_report, study_context
+    render_report(out, study_context(frozen, content_digest(ledger)))
     return out
 
 

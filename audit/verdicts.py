@@ -9,7 +9,9 @@ Status rules, in order: ``unsupported`` when the claim asks for more than the ev
 (scope lint); ``not_established`` when data or analyses are missing or too small; ``fell`` when the
 primary criterion (the preregistered test at alpha, in the preregistered direction) fails; ``partly_held``
 when the primary passes and a named secondary criterion fails or a named warning applies (the target is
-not the best unit, spill present in an untrimmed generated zone); otherwise ``held``.
+not the best unit, spill present in an untrimmed generated zone, the register not shown above the class)
+or a point of the evidence standard that the design marks as capping is unmet (:func:`cap_by_evidence`);
+otherwise ``held``.
 """
 
 from __future__ import annotations
@@ -44,15 +46,29 @@ class Criterion:
         return self.__dict__.copy()
 
 
-def resolve_threshold(name: str, value: float, quantities: dict[str, float]) -> Criterion | None:
-    """The criterion a named threshold sets on an analysis's quantities; None if it is a parameter."""
+def resolve_threshold(name: str, value: float, quantities: dict[str, float], *, magnitude: bool = False) -> Criterion | None:
+    """The criterion a named threshold sets on an analysis's quantities; None if it is a parameter.
+
+    ``magnitude``: an upper bound bounds the size of the effect, |q|, or max(r, 1/r) for a ratio (a
+    none_expected claim's equivalence bound: a large effect the other way is no more "no separation"
+    than one this way).
+    """
     op, candidates = threshold_quantity(name)
-    key = next((c for c in candidates if c in quantities), None)
-    if op is None or key is None:
+    if op is None:
         return None
+    key = next((c for c in candidates if c in quantities), None)
+    if key is None:  # a bound whose quantity the analysis did not produce is never silently passed
+        return Criterion(name, value, None, False, f"{candidates[0]} was not computed by the analysis: the bound cannot be checked")
     observed = quantities[key]
-    passed = bool(observed == observed and (observed <= value if op == "<=" else observed >= value))
-    return Criterion(name, value, observed, passed, f"{key} = {observed:.4g} {'≤' if op == '<=' else '≥'} {value:g} required: {'met' if passed else 'not met'}")
+    absolute = magnitude and op == "<=" and name != "alpha"
+    compared, label = observed, key
+    if absolute and key.endswith("ratio"):  # a ratio's size is its distance from 1 either way
+        compared = (max(observed, 1 / observed) if observed > 0 else float("inf")) if observed == observed else observed
+        label = f"max({key}, 1/{key})"
+    elif absolute:
+        compared, label = abs(observed), f"|{key}|"
+    passed = bool(compared == compared and (compared <= value if op == "<=" else compared >= value))
+    return Criterion(name, value, observed, passed, f"{label} = {compared:.4g} {'≤' if op == '<=' else '≥'} {value:g} required: {'met' if passed else 'not met'}")
 
 
 MENTAL_STATE = "mental_state"
@@ -92,13 +108,20 @@ def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], des
     lint = scope_lint(hypothesis["claim"], design, hypothesis.get("evidence_type"))
     criteria, parameters = [], []
     for name in hypothesis["thresholds"]:
-        criterion = resolve_threshold(name, thresholds[name], outcome.quantities)
+        criterion = resolve_threshold(name, thresholds[name], outcome.quantities,
+                                      magnitude=hypothesis["direction"] == "none_expected")
         (criteria.append(criterion) if criterion else parameters.append(name))
     if lint:
         return Verdict("unsupported", "; ".join(f.message for f in lint), criteria, parameters,
                        tuple(f.code for f in lint))
     if outcome.not_established:
         return Verdict("not_established", outcome.not_established, criteria, parameters)
+    undefined = [c for c in criteria if c.observed is None or c.observed != c.observed]
+    if undefined:  # never decide on NaN (a 0/0 ratio, a statistic of constant data)
+        why = "; ".join(f"{c.name} cannot be checked: the quantity it bounds is undefined (NaN)" for c in undefined)
+        if any("ratio" in c.name for c in undefined):
+            why += " (a ratio of two zero means: preregister ratio_floor on the analysis)"
+        return Verdict("not_established", why, criteria, parameters)
     if hypothesis["direction"] == "none_expected":
         return _none_expected(outcome, criteria, parameters)
     if not outcome.primary_passed:
@@ -145,12 +168,34 @@ def evidence_standard(hypothesis: dict, analysis: dict, outcome: Outcome, study_
     record = study.design_record
     facts = audit_design(study.design).evidence_facts(hypothesis, analysis, outcome, study_outcomes, study)
     facts[8] = (MENTAL_STATE not in verdict.codes, "scope lint of the claim text")
+    directional = hypothesis["direction"] != "none_expected"
     out = []
     for n, name in EVIDENCE_POINTS:
         if n not in record.evidence_points:
             article = "an" if record.name[:1] in "aeiou" else "a"
-            out.append({"point": n, "name": name, "met": None, "fact": f"not applicable to {article} {record.name} design"})
+            out.append({"point": n, "name": name, "met": None, "fact": f"not applicable to {article} {record.name} design",
+                        "caps": None})
         else:
             met, fact = facts[n]
-            out.append({"point": n, "name": name, "met": bool(met), "fact": fact})
+            caps = "unsupported" if n == 8 else ("partly_held" if directional and n in record.capping_points else None)
+            out.append({"point": n, "name": name, "met": bool(met), "fact": fact, "caps": caps})
     return out
+
+
+def cap_by_evidence(verdict: Verdict, points: list[dict]) -> Verdict:
+    """A held claim with an unmet capping point of the evidence standard is only partly held.
+
+    Which points cap is the design record's (``capping_points``; written into each point as ``caps``).
+    Only ``held`` is capped: a claim that fell, is not established or is unsupported keeps its status,
+    and a partly held one gains the unmet point in its reason.
+    """
+    unmet = [p for p in points if p["met"] is False and p["caps"] == "partly_held"]
+    if not unmet or verdict.status not in ("held", "partly_held"):
+        return verdict
+    why = "; ".join(f"evidence point {p['point']} ({p['name']}) is unmet: {p['fact']}" for p in unmet)
+    codes = verdict.codes + tuple(f"evidence_point_{p['point']}" for p in unmet)
+    if verdict.status == "held":
+        reason = verdict.reason.replace("; every preregistered threshold met", "") + f"; every preregistered threshold met, but {why}"
+    else:
+        reason = f"{verdict.reason}; {why}"
+    return Verdict("partly_held", reason, verdict.criteria, verdict.parameters, codes)

@@ -25,8 +25,11 @@ This is synthetic: nothing about it is evidence about any real model.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -238,27 +241,48 @@ def build_model(spec: dict[str, Any]):
     return model.eval()
 
 
-def ensure_builtin(builtin: dict[str, Any], cache_root: Path, extra_words: Iterable[str] = ()) -> Path:
-    """Build (once) and save the builtin model + tokenizer; return its folder.
+def publish_built(folder: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
+    """Build a model folder once, even with several processes at it (shards, torchrun ranks).
 
-    The folder is ``<cache_root>/<name>-<digest[:16]>``; it is complete when ``lockstep-builtin.json``
-    exists (written last), so an interrupted build is rebuilt rather than half-used.
+    ``build(tmp)`` writes the model and tokenizer into a private sibling folder and returns the note that
+    becomes ``lockstep-builtin.json``; the folder is then renamed into place in one step. A process that
+    loses the race discards its copy and uses the winner's (both are the same seeded build). A folder
+    without its marker (a build interrupted by an older lockstep) is rebuilt.
     """
-    spec = build_spec(builtin, extra_words)
-    digest = spec_digest(spec)
-    folder = Path(cache_root) / f"{spec['name']}-{digest[:16]}"
+    folder = Path(folder)
     marker = folder / "lockstep-builtin.json"
     if marker.is_file():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    model = build_model(spec)
-    model.save_pretrained(folder)
-    make_tokenizer(spec["vocabulary"]).save_pretrained(folder)
-    note = {
-        "synthetic": True,
-        "description": "Tiny seeded Qwen3.5-MoE built locally by lockstep; not a trained model.",
-        "spec_sha256": digest,
-        "spec": spec,
-    }
-    atomic_write(marker, (json.dumps(note, indent=2, sort_keys=True) + "\n").encode())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        note = build(tmp)
+        atomic_write(tmp / marker.name, (json.dumps(note, indent=2, sort_keys=True) + "\n").encode())
+        if folder.exists() and not marker.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted build without its marker
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not marker.is_file():  # not another process's complete build: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def ensure_builtin(builtin: dict[str, Any], cache_root: Path, extra_words: Iterable[str] = ()) -> Path:
+    """Build (once) and save the builtin model + tokenizer; return its folder.
+
+    The folder is ``<cache_root>/<name>-<digest[:16]>``, complete when ``lockstep-builtin.json`` exists;
+    it appears in one rename (:func:`publish_built`), so no process ever reads a half-written model.
+    """
+    spec = build_spec(builtin, extra_words)
+    digest = spec_digest(spec)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        build_model(spec).save_pretrained(tmp)
+        make_tokenizer(spec["vocabulary"]).save_pretrained(tmp)
+        return {"synthetic": True, "description": "Tiny seeded Qwen3.5-MoE built locally by lockstep; not a trained model.",
+                "spec_sha256": digest, "spec": spec}
+
+    return publish_built(Path(cache_root) / f"{spec['name']}-{digest[:16]}", build)

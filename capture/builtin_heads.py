@@ -30,7 +30,6 @@ Nothing about either model is evidence about any real model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,8 @@ from typing import Any
 import torch
 
 from lockstep.errors import CaptureError
-from lockstep.fsio import atomic_write
 
-from .builtin import builtin_vocabulary, make_tokenizer, spec_digest
+from .builtin import builtin_vocabulary, make_tokenizer, publish_built, spec_digest
 
 NAME = "tiny-qwen3_5"
 BUILDER_VERSION = "builtin-heads-v1"
@@ -163,15 +161,12 @@ def ensure_builtin(builtin: dict[str, Any], cache_root: Path, extra_words: Itera
     """Build (once) and save the model and tokenizer; return the folder (complete when its marker exists)."""
     spec = build_spec(builtin, extra_words)
     digest = spec_digest(spec)
-    folder = Path(cache_root) / f"{NAME}-{digest[:16]}"
-    marker = folder / "lockstep-builtin.json"
-    if marker.is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    build_model(spec).save_pretrained(folder)
-    make_tokenizer(spec["vocabulary"]).save_pretrained(folder)
-    note = {"synthetic": True, "spec_sha256": digest, "spec": spec,
-            "description": "Tiny seeded hybrid Qwen3.5 built locally by lockstep, one head planted to carry "
-                           "made-up facts; not a trained model."}
-    atomic_write(marker, (json.dumps(note, indent=2, sort_keys=True) + "\n").encode())
-    return folder
+
+    def build(tmp: Path) -> dict[str, Any]:
+        build_model(spec).save_pretrained(tmp)
+        make_tokenizer(spec["vocabulary"]).save_pretrained(tmp)
+        return {"synthetic": True, "spec_sha256": digest, "spec": spec,
+                "description": "Tiny seeded hybrid Qwen3.5 built locally by lockstep, one head planted to carry "
+                               "made-up facts; not a trained model."}
+
+    return publish_built(Path(cache_root) / f"{NAME}-{digest[:16]}", build)

@@ -9,14 +9,10 @@ import click
 from lockstep import artifacts
 from lockstep.fsio import sha256_file, utc_now
 from lockstep.lock import AMENDMENT_LOCK, LOCK, amendment_dirs
+from lockstep.witness import require_committed_lock, signs_new_entries
 
 STAGE = "capture"
 ACCESS_LEVEL = "nothing_run"
-
-
-def _digests(folder: Path, root: Path) -> dict[str, str]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and artifacts.WORK not in p.parts)
-    return {artifacts.repo_relative(p, root): sha256_file(p) for p in files}
 
 
 def _plan_in_force(frozen) -> list[Path]:
@@ -28,7 +24,8 @@ def _plan_in_force(frozen) -> list[Path]:
 
 @click.command("capture")
 @click.argument("study_dir", type=click.Path(path_type=Path))
-@click.option("--run", "run_ids", multiple=True, help="Capture only this preregistered run (repeatable).")
+@click.option("--run", "--run-id", "run_ids", multiple=True,
+              help="Capture only this preregistered run (repeatable; under torchrun write --run-id: torchrun reads --run as its own --run-path).")
 @click.option("--allow-deviation", is_flag=True, help="Record runtime deviations in the manifest instead of refusing.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Capture only batches b with b % N == I; run once more without --shard to merge.")
@@ -42,38 +39,118 @@ def _plan_in_force(frozen) -> list[Path]:
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.option("--slots-per-forward", type=int, default=None,
               help="Ablation studies: single-slot ablations stacked in one forward of the all-slot baseline.")
+@click.option("--allow-uncommitted-lock", is_flag=True,
+              help="Capture although prereg.lock.json / SHA256SUMS are not committed; the journal and the ledger record it as a deviation.")
+@signs_new_entries
 def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_path, dtype, batch_size,
-            device_map, no_progress, slots_per_forward) -> None:
+            device_map, no_progress, slots_per_forward, allow_uncommitted_lock=False) -> None:
     """Run the model on the frozen study's prompts and write texts and routing under runs/.
 
     Refuses unless the study's freeze verifies. Interrupted and started again, it resumes.
     """
+    from lockstep.errors import UsageError
     from lockstep.gate import require_frozen
+
+    from .run import parse_shard
+    from .runtime import select_runs
+
+    frozen = require_frozen(study_dir)
+    uncommitted = require_committed_lock(frozen.root, frozen.repo_root, allow=allow_uncommitted_lock)
+    started = utc_now()
+    root = artifacts.runs_root_of(frozen, runs_root)
+    wanted = [r["id"] for r in select_runs(frozen, list(run_ids) or None)]
+    shard = parse_shard(shard)
+    repo = Path(frozen.repo_root)
+    kwargs = dict(run_ids=run_ids, allow_deviation=allow_deviation, model_path=model_path, dtype=dtype, batch_size=batch_size,
+                  no_progress=no_progress, slots_per_forward=slots_per_forward)
+    world = distributed_world()
+    if world is None:
+        _capture_once(frozen, root, wanted, shard, repo, started, uncommitted, device_map=device_map, **kwargs)
+        return
+    if shard is not None:
+        raise UsageError("`--shard` and a torchrun launch both split the prompts", hint="use one of them")
+    import torch
+    import torch.distributed as dist
+
+    rank, size, local = world
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        if torch.cuda.is_available():  # one device per rank, unless the command names a map
+            torch.cuda.set_device(local)
+            device_map = device_map or f"cuda:{local}"
+        if rank == 0 and model_path is None:  # a builtin model is built once, by rank 0, before any rank loads it
+            from .runtime import resolve_model
+
+            try:
+                resolve_model(frozen, root)
+            finally:
+                dist.barrier()
+        else:
+            dist.barrier()
+        # each rank captures its deterministic share of the batches (b % size == rank), then rank 0 merges and
+        # writes the one journal entry; a rank that dies leaves batches the next launch resumes
+        _capture_once(frozen, root, wanted, (rank, size), repo, started, uncommitted, device_map=device_map, **kwargs)
+        dist.barrier()
+        if rank == 0:
+            _capture_once(frozen, root, wanted, None, repo, started, uncommitted, device_map=device_map, **kwargs)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def distributed_world() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) under torchrun / accelerate launch (WORLD_SIZE > 1), else None."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return None
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, size, int(os.environ.get("LOCAL_RANK", str(rank)))
+
+
+def _capture_once(frozen, root: Path, wanted: list[str], shard, repo: Path, started: str, uncommitted, *, run_ids,
+                  allow_deviation, model_path, dtype, batch_size, device_map, no_progress, slots_per_forward) -> None:
+    """One process's capture: its shard (or the whole run, merging), under the runs' locks, then the entry."""
+    from lockstep.journal import read_journal
+
+    from .run import completion_outputs, journaled, run_capture
+    from .runlock import runs_locked
+
+    with runs_locked(root, frozen.study_id, wanted, shard=shard):  # until the journal entry is written
+        journal = read_journal(frozen.root)  # as it is now, under the locks
+        dirs = [artifacts.run_dir(root, frozen.study_id, r) for r in wanted]
+        interrupted = {d for d in dirs if (d / artifacts.MANIFEST).is_file() and not journaled(journal, d, repo)}
+        paths = run_capture(frozen, run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=root,
+                            shard=shard, progress=not no_progress, model_path=model_path,
+                            overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map,
+                            options={"slots_per_forward": slots_per_forward})
+        incomplete = [p for p in paths if not (p / artifacts.MANIFEST).is_file()]
+        # completion is the journal entry: a complete run without one gets it here (a shard leaves that to the merge)
+        todo = [] if shard else [p for p in paths if p not in incomplete and not journaled(journal, p, repo)]
+        outputs: dict[str, str] = {}
+        for p in todo:
+            outputs.update(completion_outputs(frozen, p, repo))
+        for p in paths:
+            click.echo(f"{p}: " + ("shard done; run without --shard to merge" if p in incomplete else
+                                   "complete (an interrupted capture, finished: its files match its manifest; journal entry "
+                                   "written)" if p in interrupted and p in todo else "complete"))
+        if not todo:
+            return
+        _write_entry(frozen, root, todo, outputs, started, uncommitted)
+
+
+def _write_entry(frozen, root: Path, todo: list[Path], outputs: dict[str, str], started: str, uncommitted) -> None:
+    """The capture's journal entry for the runs in ``todo`` (the caller holds their locks)."""
     from lockstep.journal import append_entry
 
     from .designs import capture_design
-    from .run import parse_shard, run_capture
 
-    frozen = require_frozen(study_dir)
-    started = utc_now()
-    root = artifacts.runs_root_of(frozen, runs_root)
-    wanted = list(run_ids) or [r["id"] for r in frozen.spec["runtime"]["runs"]]
-    already = all((artifacts.run_dir(root, frozen.study_id, r) / artifacts.MANIFEST).is_file() for r in wanted)
-    paths = run_capture(frozen, run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=root,
-                        shard=parse_shard(shard), progress=not no_progress, model_path=model_path,
-                        overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map,
-                        options={"slots_per_forward": slots_per_forward})
-    incomplete = [p for p in paths if not (p / artifacts.MANIFEST).is_file()]
-    for p in paths:
-        click.echo(f"{p}: {'complete' if p not in incomplete else 'shard done; run without --shard to merge'}")
-    if incomplete or already:
-        return
     repo = Path(frozen.repo_root)
-    outputs: dict[str, str] = {}
-    for p in paths:
-        outputs.update(_digests(p, repo))
     inputs = {artifacts.repo_relative(f, repo): sha256_file(f) for f in _plan_in_force(frozen)}
-    details = {"runs": [p.name for p in paths], "design": frozen.design,
-               "runs_root": artifacts.repo_relative(root, repo), **capture_design(frozen.design).journal_details(paths)}
+    details = {"runs": [p.name for p in todo], "design": frozen.design,
+               "runs_root": artifacts.repo_relative(root, repo), **capture_design(frozen.design).journal_details(todo)}
+    if uncommitted:
+        details["uncommitted_lock"] = uncommitted  # a deviation: no commit witnessed the freeze before this capture
     append_entry(frozen.root, STAGE, inputs=inputs, outputs=outputs, access_level=ACCESS_LEVEL, lock_digest=frozen.lock_digest,
                  details=details, started_utc=started)

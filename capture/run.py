@@ -5,16 +5,25 @@ design's capture module (:mod:`capture.designs`) to check the request and load t
 runtime that differs from the preregistration (or records it, with ``allow_deviation``), and for each
 preregistered run skips it when complete, else captures it. Where a run goes is
 :func:`lockstep.artifacts.run_dir`.
+
+A run's data are complete when its ``manifest.json`` is written; the run is complete when the study's
+journal holds a capture entry recording that manifest (:func:`journaled`). A capture killed between the
+two is finished by the next one (:func:`completion_outputs`): the files are checked against the digests
+the manifest recorded, ``_work/`` is removed, and the entry is written. The caller holds the runs' locks
+(:mod:`capture.runlock`) from before it captures until that entry is written; the CLI does.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from lockstep import artifacts
 from lockstep.designs import design_of
-from lockstep.errors import UsageError
+from lockstep.errors import CaptureError, UsageError
+from lockstep.fsio import sha256_file
 from lockstep.models import folder_identity
 
 from . import runtime
@@ -102,7 +111,7 @@ def run_capture(
     identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
     found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
     runtime.refuse_deviations(found, allow_deviation)
-    setup = module.setup(frozen, source, identity, overrides, device_map, options)
+    setup = module.setup(frozen, source, identity, overrides, runtime.resolve_device_map(frozen, device_map), options)
     found = found + runtime.deviations(frozen, setup.ld.facts, overrides)
     runtime.refuse_deviations(found, allow_deviation)
     work = module.prepare(frozen, setup, overrides)
@@ -110,3 +119,43 @@ def run_capture(
         if not store.is_complete():
             module.capture_run(frozen, run, setup, work, store, shard=shard, progress=progress, deviations=found)
     return [store.root for store in stores]
+
+
+def journaled(journal, run_dir: Path, repo_root: Path) -> bool:
+    """True when the newest capture entry of the run records its manifest as it is now (the run is complete)."""
+    manifest = Path(run_dir) / artifacts.MANIFEST
+    captures = journal.captures_of(Path(run_dir).name)
+    return bool(captures) and manifest.is_file() and \
+        captures[-1]["outputs"].get(artifacts.repo_relative(manifest, repo_root)) == sha256_file(manifest)
+
+
+def completion_outputs(frozen, run_dir: Path, repo_root: Path) -> dict[str, str]:
+    """The digests a capture entry records for the complete run folder ``run_dir`` (paths as the journal names
+    them), once they are checked against the digests its manifest recorded; removes a ``_work/`` left behind.
+
+    CaptureError, saying what to do, when the folder is not the one its manifest describes: a file changed,
+    missing or added since, a manifest of another lock, or one that records no digests.
+    """
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir)
+    manifest_path = run_dir / artifacts.MANIFEST
+    start_over = f"delete {run_dir} and run `lockstep capture {frozen.root} --run {run_dir.name}` again"
+    try:
+        manifest = json.loads(manifest_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CaptureError(f"{manifest_path} cannot be read as JSON ({exc})", hint=start_over) from None
+    if manifest.get("lock_digest") != frozen.lock_digest:
+        raise CaptureError(f"{manifest_path} was captured under lock {str(manifest.get('lock_digest'))[:12]}, but the lock in "
+                           f"force is {frozen.lock_digest[:12]}, and no journal entry records that capture", hint=start_over)
+    recorded = manifest.get("outputs")
+    if not isinstance(recorded, dict):
+        raise CaptureError(f"{manifest_path} is complete but no journal entry records it, and it records no digests of "
+                           "the run's files to check them by (a manifest of an older lockstep)", hint=start_over)
+    now = store.output_digests()
+    differing = sorted(set(now) ^ set(recorded) | {k for k in set(now) & set(recorded) if now[k] != recorded[k]})
+    if differing:
+        raise CaptureError(f"{run_dir} is complete but no journal entry records it, and it no longer holds the files its "
+                           f"manifest recorded ({', '.join(differing)} missing, added or changed)", hint=start_over)
+    shutil.rmtree(store.work, ignore_errors=True)
+    outputs = {artifacts.repo_relative(run_dir / name, repo_root): digest for name, digest in now.items()}
+    return outputs | {artifacts.repo_relative(manifest_path, repo_root): sha256_file(manifest_path)}

@@ -30,7 +30,7 @@ from lockstep.models import (
 
 __all__ = ["DTYPES", "Loaded", "ModelSource", "base_manifest", "base_run_config", "config_sha256", "deviations",
            "hub_snapshot", "load", "load_model", "load_tokenizer", "pad_id", "prompt_texts", "refuse_deviations",
-           "render", "resolve_model", "select_runs", "stop_ids", "study_words", "template_facts", "token_id", "trim_ids"]
+           "render", "resolve_device_map", "resolve_model", "select_runs", "stop_ids", "study_words", "template_facts", "token_id", "trim_ids"]
 
 from . import builtin, builtin_heads
 
@@ -257,6 +257,21 @@ class Loaded:
     identity: dict[str, Any]  # lockstep.models.folder_identity of the folder loaded
 
 
+def resolve_device_map(frozen, requested: str | None) -> str | None:
+    """The device map in force: the command's ``--device-map``, else the study's ``/model/device_map``.
+
+    On a machine without CUDA, ``"auto"`` (the schema's default) means the CPU: the model loads as it
+    would without a map. Where the model went is recorded in the manifest (``model.device_map``,
+    ``model.devices``); a different device layout is not a deviation of the plan.
+    """
+    import torch
+
+    value = requested if requested is not None else frozen.spec["model"].get("device_map")
+    if value in (None, "auto", "cpu") and not torch.cuda.is_available():
+        return None
+    return value
+
+
 def load(frozen, source: ModelSource, identity: dict[str, Any], overrides: dict, device_map) -> Loaded:
     """Load the study's model and tokenizer from ``source`` (resolved, and its identity checked, by the
     orchestrator before this slow step); the tokenizer is checked on every prompt text."""
@@ -281,7 +296,7 @@ def base_run_config(frozen, run, ld: Loaded, batch_size: int, deviations) -> dic
 def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str, deviations) -> dict[str, Any]:
     """The manifest fields every design writes (schemas/run-manifest.schema.json); designs add their own."""
     from lockstep.fsio import utc_now
-    from lockstep.provenance import git_info, package_versions
+    from lockstep.provenance import git_info, machine_facts, package_versions
 
     return {
         "format_version": artifacts.RUN_FORMAT_VERSION, "design": frozen.design, "study_id": frozen.study_id,
@@ -291,9 +306,11 @@ def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str,
             "revision": ld.source.revision, "config_sha256": config["model_config_sha256"],
             "class": type(ld.model).__name__, "dtype": ld.dtype,
             "devices": sorted({str(p.device) for p in ld.model.parameters()}),
+            "device_map": {str(k): str(v) for k, v in (getattr(ld.model, "hf_device_map", None) or {}).items()} or None,
             **ld.identity,
         },
         "tokenizer": {"loader": ld.tokenizer_loader, "template": ld.facts},
         "decoding": run, "batch_size": config["batch_size"], "deviations": deviations,
-        "versions": package_versions(), "git": git_info(frozen.root), "started_utc": started, "finished_utc": utc_now(),
+        "versions": package_versions(), "machine": machine_facts(), "git": git_info(frozen.root), "started_utc": started,
+        "finished_utc": utc_now(),
     }

@@ -29,10 +29,16 @@ of a uniform head grid. The table is discovered from the loaded modules (any att
 ``layer_idx``), checked against the projection's width, and recorded in the run manifest.
 
 Ablation replaces a slot's channels at every position of a row: with zeros (``zero``) or with the
-slot's mean over a reference set's non-pad tokens (``mean``). :class:`SlotAblation` does it with one
-public ``register_forward_pre_hook(..., with_kwargs=True)`` per hooked projection, removed in
-``finally``. Rows of a batch may ablate different slots (``row_slots``), so that several
-single-slot ablations share one forward (the all-slot baseline stacks slots along the batch).
+slot's mean over a reference set's non-pad tokens (``mean``). With ``positions = K > 0`` the means
+are per position, aligned from the end of each prompt (a template-matched reference: the same
+templates with other entities): the last ``K`` positions of a prompt are replaced by the reference
+set's mean at the same position from the end, and every other position (earlier prompt tokens, and
+the teacher-forced answer tokens after the prompt) by the mean over the reference tokens further than
+``K`` from the end. ``K = 0`` pools every reference token (one mean per slot).
+:class:`SlotAblation` does it with one public ``register_forward_pre_hook(..., with_kwargs=True)``
+per hooked projection, removed in ``finally``. Rows of a batch may ablate different slots
+(``row_slots``), so that several single-slot ablations share one forward (the all-slot baseline
+stacks slots along the batch).
 """
 
 from __future__ import annotations
@@ -150,20 +156,26 @@ class SlotAblation:
     slots : sequence of Slot
         The slot table (from :func:`slot_table`).
     means : dict[str, torch.Tensor], optional
-        ``label -> [stop - start]`` replacement values (mean ablation); zeros when None.
+        ``label -> [stop - start]`` (one pooled mean) or ``label -> [K + 1, stop - start]`` (row 0: the
+        mean of the other positions; row ``k``: the mean at the ``k``-th position from the end), as
+        :meth:`SlotMeans.means` gives them; zeros when None (zero ablation).
 
     Use :meth:`ablating` as a context manager around one forward. ``row_slots[r]`` lists the slot
-    labels ablated in row ``r`` of that forward (an empty list leaves the row untouched).
+    labels ablated in row ``r`` of that forward (an empty list leaves the row untouched); ``tails[r]``
+    is how many tokens of row ``r`` follow its prompt (teacher-forced answer tokens; 0 by default), so
+    that positions are counted from the prompt's end.
     """
 
     def __init__(self, model, slots: Sequence[Slot], means: dict[str, torch.Tensor] | None = None):
         self.model = model
         self.slots = {s.label: s for s in slots}
-        self.means = means
+        self.means = None if means is None else {k: v.reshape(-1, v.shape[-1]) for k, v in means.items()}
+        self.positions = 0 if not self.means else next(iter(self.means.values())).shape[0] - 1
         self.modules = dict(model.named_modules())
 
     def _plan(self, row_slots: Sequence[Sequence[str]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per hooked module: a ``[rows, width]`` bool mask of replaced channels and ``[rows, width]`` values."""
+        """Per hooked module: a ``[rows, width]`` bool mask of replaced channels and the ``[K + 1, width]``
+        replacement values by position class (row 0: other positions; row k: k-th from the end)."""
         per_module: dict[str, list[tuple[int, Slot]]] = {}
         for r, labels in enumerate(row_slots):
             for label in labels:
@@ -176,18 +188,22 @@ class SlotAblation:
             proj = self.modules[path]
             weight = proj.weight
             mask = torch.zeros((len(row_slots), proj.in_features), dtype=torch.bool)
-            values = torch.zeros((len(row_slots), proj.in_features), dtype=torch.float32)
+            values = torch.zeros((self.positions + 1, proj.in_features), dtype=torch.float32)
             for r, slot in items:
                 mask[r, slot.start:slot.stop] = True
                 if self.means is not None:
-                    values[r, slot.start:slot.stop] = self.means[slot.label].to(torch.float32).cpu()
+                    values[:, slot.start:slot.stop] = self.means[slot.label].to(torch.float32).cpu()
             plan[path] = (mask.to(weight.device), values.to(device=weight.device, dtype=weight.dtype))
         return plan
 
     @contextmanager
-    def ablating(self, row_slots: Sequence[Sequence[str]]) -> Iterator[None]:
+    def ablating(self, row_slots: Sequence[Sequence[str]], tails: Sequence[int] | None = None) -> Iterator[None]:
         plan = self._plan(row_slots)
+        tails_t = torch.zeros(len(row_slots), dtype=torch.long) if tails is None else torch.tensor(list(tails), dtype=torch.long)
+        if tails_t.shape[0] != len(row_slots):
+            raise CaptureError(f"`tails` has {tails_t.shape[0]} rows but `row_slots` has {len(row_slots)}")
         handles = []
+        positions = self.positions
 
         def make_hook(mask: torch.Tensor, values: torch.Tensor):
             def hook(module, args, kwargs):
@@ -195,7 +211,12 @@ class SlotAblation:
                 if x.shape[0] != mask.shape[0]:
                     raise RuntimeError(f"the ablation plan has {mask.shape[0]} rows but the forward has {x.shape[0]}")
                 m, v = mask.to(x.device), values.to(device=x.device, dtype=x.dtype)
-                return (torch.where(m[:, None, :], v[:, None, :], x), *args[1:]), kwargs
+                if positions == 0:
+                    return (torch.where(m[:, None, :], v[0][None, None, :], x), *args[1:]), kwargs
+                width = x.shape[1]
+                from_end = (width - tails_t)[:, None] - torch.arange(width)[None, :]  # 1 = the prompt's last token
+                index = torch.where((from_end >= 1) & (from_end <= positions), from_end, 0).to(x.device)
+                return (torch.where(m[:, None, :], v[index], x), *args[1:]), kwargs
             return hook
 
         try:
@@ -210,27 +231,55 @@ class SlotAblation:
 class SlotMeans:
     """Accumulate each hooked projection's input over the non-pad tokens of reference forwards.
 
-    Use :meth:`recording` around each reference forward with that forward's ``[rows, positions]``
-    attention mask; :meth:`means` then gives ``label -> mean`` (float64 sums, float32 result) and
-    :attr:`n_tokens` how many tokens the means are over.
+    Use :meth:`recording` around each reference forward (left-padded prompts, nothing after them)
+    with that forward's ``[rows, positions]`` attention mask; :meth:`means` then gives ``label -> mean``
+    (float64 sums, float32 result) and :attr:`n_tokens` how many tokens the means are over.
+
+    Parameters
+    ----------
+    positions : int
+        0: one mean over every non-pad token. ``K > 0``: ``K + 1`` means per slot: row ``k`` (1..K) over
+        the ``k``-th token from the end of every reference prompt (each must have at least ``K``
+        tokens), row 0 over the tokens further than ``K`` from the end. :attr:`counts` holds the
+        number of tokens behind each row.
     """
 
-    def __init__(self, model, slots: Sequence[Slot]):
+    def __init__(self, model, slots: Sequence[Slot], positions: int = 0):
+        if positions < 0:
+            raise ValueError("`positions` must be 0 or more")
         self.model = model
         self.slots = list(slots)
+        self.positions = int(positions)
         self.modules = dict(model.named_modules())
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts = [0] * (self.positions + 1)
         self.n_tokens = 0
+
+    def _classes(self, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per position class (0: other; k: k-th from the end) a ``[rows, positions]`` bool mask of non-pad tokens."""
+        keep = attention_mask.to(torch.bool)
+        if self.positions == 0:
+            return [keep]
+        lengths = keep.sum(dim=1)
+        if int(lengths.min()) < self.positions:
+            raise CaptureError(f"a reference prompt has {int(lengths.min())} token(s), fewer than the {self.positions} "
+                               "positions from the end that per_position_means averages",
+                               hint="lengthen the reference prompts or lower /ablation/per_position_means (an amendment)")
+        width = keep.shape[1]
+        from_end = width - torch.arange(width)  # left padding: the last column is the last token of every row
+        out = [keep & (from_end > self.positions)[None, :]]
+        out += [keep & (from_end == k)[None, :] for k in range(1, self.positions + 1)]
+        return out
 
     @contextmanager
     def recording(self, attention_mask: torch.Tensor) -> Iterator[None]:
         handles = []
+        classes = self._classes(attention_mask)
 
         def make_hook(path: str):
             def hook(module, args, kwargs):
                 x = args[0]
-                keep = attention_mask.to(device=x.device, dtype=torch.bool)
-                total = x[keep].to(torch.float64).sum(dim=0).cpu()
+                total = torch.stack([x[c.to(x.device)].to(torch.float64).sum(dim=0).cpu() for c in classes])
                 self.sums[path] = self.sums[path] + total if path in self.sums else total
             return hook
 
@@ -239,12 +288,24 @@ class SlotMeans:
                 handles.append(self.modules[path].register_forward_pre_hook(make_hook(path), with_kwargs=True))
             yield
             self.n_tokens += int(attention_mask.sum())
+            for k, c in enumerate(classes):
+                self.counts[k] += int(c.sum())
         finally:
             for handle in handles:
                 handle.remove()
 
     def means(self) -> dict[str, torch.Tensor]:
+        """``label -> [width]`` (``positions`` 0) or ``label -> [K + 1, width]``."""
         if not self.n_tokens:
             raise CaptureError("the reference set has no tokens, so there is no mean to ablate with",
                                hint="add reference lines (class reference) to prompts.jsonl, an amendment")
-        return {s.label: (self.sums[s.module][s.start:s.stop] / self.n_tokens).to(torch.float32) for s in self.slots}
+        if not self.counts[0]:
+            raise CaptureError(f"every reference prompt has exactly {self.positions} token(s), so no token is left for "
+                               "the mean of the earlier positions",
+                               hint="lengthen the reference prompts or lower /ablation/per_position_means (an amendment)")
+        counts = torch.tensor(self.counts, dtype=torch.float64)[:, None]
+        out = {}
+        for s in self.slots:
+            mean = (self.sums[s.module][:, s.start:s.stop] / counts).to(torch.float32)
+            out[s.label] = mean[0] if self.positions == 0 else mean
+        return out

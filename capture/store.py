@@ -2,7 +2,9 @@
 
 Layout of ``runs/<study>/<run-id>/`` once complete::
 
-    manifest.json           provenance, counts, deviations; written last (its presence = complete)
+    manifest.json           provenance, counts, deviations, the sha256 of every other file (``outputs``);
+                            written last (its presence = the data are complete; the run is complete
+                            once the capture's journal entry records it, :mod:`capture.run`)
     texts.parquet           one row per prompt: texts, token ids, trim position, finish reason,
                             zone token counts, spill tokens -- everything labelling may read
     units.parquet           prompt x layer x expert x zone: n_tokens, n_selected, weight_sum, S, Q, W
@@ -40,7 +42,7 @@ import pyarrow.parquet as pq
 from lockstep import artifacts
 from lockstep.errors import CaptureError
 from lockstep.records import RUN_MANIFEST, write_record
-from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes
+from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, sha256_file
 
 TEXTS_SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("class", pa.string()), ("split", pa.string()),
@@ -182,9 +184,15 @@ class RunStore:
             for layer in residual_layers:
                 _concat_npy([d / f"residual_L{layer}.npy" for d in dirs], self.root / "residual" / f"L{layer}.npy")
 
+    def output_digests(self) -> dict[str, str]:
+        """sha256 of every file of the run folder but the manifest and ``_work/``, by path relative to it."""
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and artifacts.WORK not in p.relative_to(self.root).parts)
+        return {p.relative_to(self.root).as_posix(): sha256_file(p) for p in files if p.name != artifacts.MANIFEST or p.parent != self.root}
+
     def finish(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest, with the digest of every output, then drop ``_work/``."""
         with disk_errors(self.root):
-            write_record(self.root / artifacts.MANIFEST, RUN_MANIFEST, manifest)
+            write_record(self.root / artifacts.MANIFEST, RUN_MANIFEST, {**manifest, "outputs": self.output_digests()})
         shutil.rmtree(self.work, ignore_errors=True)
 
 

@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .errors import LockstepError
 from .journal import read_journal
+from .witness import signs_new_entries
 
 
 class _Group(click.Group):
@@ -47,22 +48,28 @@ def cli() -> None:
 def validate(study_dir: Path) -> None:
     """Check a study against the schemas and the cross-file rules; report every problem at once."""
     from .lock import effective_files, study_dir_iv
-    from .study import load_study
+    from .study import PILOT_FILE, load_study
 
     folder = study_dir_iv(study_dir)
     study = load_study(folder, effective_files(folder))
+    pilot = folder / PILOT_FILE
+    checked = sum(1 for line in pilot.read_text(encoding="utf-8").splitlines() if line.strip()) if pilot.is_file() else 0
     click.echo(f"{study_dir}: valid {study.design} study {study.study_id!r} "
-               f"({len(study.prompts)} prompts, {len(study.spec['hypotheses'])} hypotheses)")
+               f"({len(study.prompts)} prompts, {len(study.spec['hypotheses'])} hypotheses"
+               + (f"; rubric pilot: {checked} texts labelled as expected)" if checked else ")"))
 
 
 @cli.command()
 @STUDY_DIR
 @click.option("--allow-dirty", is_flag=True, help="Freeze files with uncommitted changes; the lock records it.")
+@signs_new_entries
 def prereg(study_dir: Path, allow_dirty: bool) -> None:
     """Validate and freeze a study: write prereg.lock.json, SHA256SUMS and the journal's first entry."""
     from .freeze import freeze
 
     result = freeze(study_dir, allow_dirty=allow_dirty)
+    if result.note:
+        click.echo(f"{study_dir}: {result.note}")
     if result.status == "already_frozen":
         click.echo(f"{study_dir}: already frozen and intact (lock digest {result.lock_digest[:12]}); nothing changed")
         return
@@ -80,6 +87,7 @@ def prereg(study_dir: Path, allow_dirty: bool) -> None:
               help="What had been seen when the amendment was made.")
 @click.option("--freeze", "do_freeze", is_flag=True, help="Validate and freeze the open amendment.")
 @click.option("--allow-dirty", is_flag=True, help="With --freeze: freeze uncommitted amendment files; recorded.")
+@signs_new_entries
 def amend(study_dir: Path, replaces: tuple[str, ...], reason: str, seen: str | None, do_freeze: bool, allow_dirty: bool) -> None:
     """Start an amendment to a frozen plan, or freeze the open one (--freeze)."""
     from .errors import UsageError
@@ -100,8 +108,18 @@ def amend(study_dir: Path, replaces: tuple[str, ...], reason: str, seen: str | N
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
 @click.option("--staged", is_flag=True, help="Check the git index instead of the working tree (pre-commit hook).")
-def verify(target: Path, as_json: bool, staged: bool) -> None:
-    """Re-check every hash and the order of the stages (a study folder or a bundle).
+@click.option("--allowed-signers", type=click.Path(path_type=Path), default=None,
+              help="Allowed-signers file with the keys you trust (default: <study>/witness/allowed_signers, else <repo>/.lockstep/allowed_signers).")
+@click.option("--tsa-ca", type=click.Path(path_type=Path), default=None,
+              help="CA certificate(s) of the time-stamping authority (default: <study>/witness/tsa-ca.pem, else <repo>/.lockstep/tsa-ca.pem).")
+@click.option("--max-bundle-bytes", type=click.IntRange(min=1), default=None, metavar="N",
+              help="A bundle may expand to at most N bytes of files (default 1 GiB).")
+@click.option("--max-bundle-members", type=click.IntRange(min=1), default=None, metavar="N",
+              help="A bundle may hold at most N files and folders (default 10,000).")
+def verify(target: Path, as_json: bool, staged: bool, allowed_signers: Path | None, tsa_ca: Path | None,
+           max_bundle_bytes: int | None, max_bundle_members: int | None) -> None:
+    """Re-check every hash and the order of the stages (a study folder or a bundle), and say how strong
+    the ordering evidence is: self-attested, signed or timestamped.
 
     Exit 0 intact, 1 altered or tampered, 2 not frozen or usage.
     """
@@ -109,7 +127,10 @@ def verify(target: Path, as_json: bool, staged: bool) -> None:
 
     from .verify import exit_code_of, render
 
-    results = verify_target(target, staged=staged)
+    from .bundle import DEFAULT_LIMITS, Limits
+
+    limits = Limits(max_bundle_bytes or DEFAULT_LIMITS.max_bytes, max_bundle_members or DEFAULT_LIMITS.max_members)
+    results = verify_target(target, staged=staged, allowed_signers=allowed_signers, tsa_ca=tsa_ca, bundle_limits=limits)
     click.echo(render(results, as_json))
     sys.exit(exit_code_of(results))
 
@@ -123,6 +144,57 @@ def bundle(study_dir: Path, out: Path | None) -> None:
 
     path = write_bundle(study_dir, out)
     click.echo(f"wrote {path}; a reviewer runs `lockstep verify {path}`")
+
+
+@cli.command()
+@STUDY_DIR
+@click.option("--sign-key", type=click.Path(path_type=Path), envvar="LOCKSTEP_SIGNING_KEY", required=True,
+              help="SSH private key (or set LOCKSTEP_SIGNING_KEY).")
+@click.option("--entry", "seqs", type=int, multiple=True, help="Journal entry to sign (repeatable; default: every stage entry, reviews excepted).")
+def sign(study_dir: Path, sign_key: Path, seqs: tuple[int, ...]) -> None:
+    """Sign journal entries with an SSH key (ssh-keygen -Y sign), into <study>/witness/signatures/."""
+    from .gate import require_frozen
+    from .witness import sign_entries
+
+    frozen = require_frozen(study_dir)
+    for seq, path in sign_entries(frozen.root, sign_key, list(seqs) or None):
+        click.echo(f"entry {seq} ({frozen.journal.entries[seq]['stage']}): {path}")
+
+
+@cli.command()
+@STUDY_DIR
+@click.option("--entry", "seq", type=int, default=None, help="Stamp this journal entry's sha256 instead of the lock digest.")
+@click.option("--query-out", type=click.Path(path_type=Path), help="Write the RFC 3161 TimeStampReq here (send it to a TSA yourself).")
+@click.option("--token", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Attach this TimeStampResp (or token) a TSA returned.")
+@click.option("--tsa-command", help="Shell command given the TimeStampReq on stdin; its stdout is the TimeStampResp.")
+@click.option("--tsa-url", help="POST the TimeStampReq to this RFC 3161 TSA (needs the network).")
+@click.option("--tsa-ca", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Check the token against this CA before attaching it.")
+def timestamp(study_dir: Path, seq: int | None, query_out: Path | None, token: Path | None, tsa_command: str | None,
+              tsa_url: str | None, tsa_ca: Path | None) -> None:
+    """Timestamp the lock digest (or a journal entry) by an RFC 3161 authority, into <study>/witness/timestamps/."""
+    from .errors import UsageError
+    from .fsio import atomic_write, sha256_bytes
+    from .gate import require_frozen
+    from .witness import attach_token, request_token, timestamp_query
+
+    ways = [w for w in (query_out, token, tsa_command, tsa_url) if w]
+    if len(ways) != 1:
+        raise UsageError("give exactly one of --query-out, --token, --tsa-command, --tsa-url",
+                         hint=f"e.g. lockstep timestamp {study_dir} --tsa-url https://freetsa.org/tsr --tsa-ca cacert.pem")
+    frozen = require_frozen(study_dir)
+    if seq is None:
+        digest, what = frozen.base_lock_digest, "the lock digest"
+    elif 0 <= seq < len(frozen.journal.lines):
+        digest, what = sha256_bytes(frozen.journal.lines[seq]), f"journal entry {seq}"
+    else:
+        raise UsageError(f"`--entry` {seq} is not in the journal", hint=f"list the entries with `lockstep journal {study_dir}`")
+    if query_out:
+        atomic_write(query_out, timestamp_query(digest))
+        click.echo(f"wrote {query_out}: a TimeStampReq for {what} ({digest}); attach the reply with `lockstep timestamp {study_dir} --token REPLY`")
+        return
+    reply = token.read_bytes() if token else request_token(timestamp_query(digest), tsa_command=tsa_command, tsa_url=tsa_url)
+    path = attach_token(frozen.root, digest, reply, tsa_ca)
+    click.echo(f"{what} timestamped: {path}; commit it")
 
 
 @cli.command()
@@ -147,16 +219,17 @@ def demo(study_dir: Path, no_progress: bool) -> None:
     ctx.invoke(prereg, study_dir=study_dir, allow_dirty=False)
     for stage in ("capture", "label", "audit"):
         click.echo(f"== {stage}")
-        extra = {"no_progress": no_progress} if stage == "capture" else {}
+        # the demo does not commit in your repository: an uncommitted lock is recorded as a deviation
+        extra = {"no_progress": no_progress, "allow_uncommitted_lock": True} if stage == "capture" else {}
         ctx.invoke(cli.commands[stage], study_dir=study_dir, **extra)
 
 
 def _register_stage_commands() -> None:
     """Stage packages contribute their commands to the one group."""
-    from audit.cli import audit, label, review
+    from audit.cli import audit, check_writeup, cite, label, review
     from capture.cli import capture
 
-    for command in (capture, label, audit, review):
+    for command in (capture, label, audit, review, check_writeup, cite):
         cli.add_command(command)
 
 

@@ -32,7 +32,7 @@ ANALYSIS_DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType({
     "all_unit_baseline": {"statistic": "welch_t", "tails": "two-sided", "correction": "maxT_stepdown",
                           "family": "all_units", "test": "permutation", "null": "exchangeable"},
     "reproduction": {"statistic": "welch_t", "tails": "two-sided", "test": "permutation", "null": "exchangeable"},
-    "register_vs_class": {},
+    "register_vs_class": {"cov_type": "nonrobust"},
     "wsq_decomposition": {"statistic": "welch_t", "tails": "greater", "test": "permutation", "null": "exchangeable"},
     "ablation_drop": {"pairs": "headline", "mode": "combined", "tails": "greater", "correction": "none",
                       "test": "paired_sign_flip"},
@@ -50,7 +50,8 @@ ANALYSIS_OUTPUTS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType
     "register_vs_class": {"quantities": ("p", "register_effect", "class_effect", "register_minus_class"), "parameters": ()},
     "wsq_decomposition": {"quantities": ("s_share", "p"), "parameters": ()},
     "ablation_drop": {"quantities": ("p", "mean_drop", "relative_drop"), "parameters": ()},
-    "specificity": {"quantities": ("p", "specificity_ratio", "mean_drop", "control_mean_drop"),
+    "specificity": {"quantities": ("p", "specificity_ratio", "mean_drop", "control_mean_drop", "relative_drop",
+                                   "control_relative_drop"),
                     "parameters": ("control_drop_floor",)},
 })
 
@@ -92,6 +93,22 @@ class Design:
     anchored_prompts: bool             # prompts carry lexical anchors that must occur in their text, and pairs
     analysis_overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     shardable: bool = False            # capture can split a run across processes (--shard i/n)
+    # Points whose being unmet caps a directional claim at partly_held: the points that are properties of
+    # the claim's own analysis. Points an other analysis establishes (a register contrast, a reproduction)
+    # are claims of their own in the ledger and are recorded, not capping; point 8 is the scope lint, which
+    # makes a claim unsupported.
+    capping_points: tuple[int, ...] = ()
+    # Quantities an analysis kind computes in this design beyond ANALYSIS_OUTPUTS (a bound on them is
+    # checked at prereg against this design's list, so no design is promised what only another computes).
+    extra_quantities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Defaults that apply instead when an analysis names a field: kind -> (field, defaults). The ablation
+    # all-slot baseline with a `control` class compares two groups of pairs (headline drop minus control drop).
+    analysis_overrides_when: Mapping[str, tuple[str, Mapping[str, object]]] = field(default_factory=dict)
+
+    def outputs(self, kind: str) -> dict[str, tuple[str, ...]]:
+        """What analysis ``kind`` computes in this design: ``{"quantities": ..., "parameters": ...}``."""
+        base = ANALYSIS_OUTPUTS[kind]
+        return {"quantities": base["quantities"] + tuple(self.extra_quantities.get(kind, ())), "parameters": base["parameters"]}
 
     def analysis_defaults(self, kind: str) -> dict[str, object]:
         """The defaults of an analysis kind in this design (overrides win over the shared ones)."""
@@ -99,9 +116,15 @@ class Design:
 
     def resolve_analysis(self, analysis: dict, spec: dict) -> dict:
         """``analysis`` with every default filled in: the spec each stage reads and the ledger records."""
-        resolved = {**self.analysis_defaults(analysis["kind"]), **analysis}
+        defaults = self.analysis_defaults(analysis["kind"])
+        when = self.analysis_overrides_when.get(analysis["kind"])
+        if when is not None and when[0] in analysis:
+            defaults = {**defaults, **when[1]}
+        resolved = {**defaults, **analysis}
         if analysis["kind"] == "ablation_drop" and "relative_drop" not in analysis:
             resolved["relative_drop"] = spec.get("ablation", {}).get("relative_drop", "ratio_of_means")
+        if "kind" in (spec.get("ablation") or {}) and analysis["kind"] in self.analysis_kinds and "ablation_kind" not in analysis:
+            resolved["ablation_kind"] = spec["ablation"]["kind"]
         return resolved
 
 
@@ -119,6 +142,8 @@ ROUTING = Design(
     plan_block="capture",
     anchored_prompts=True,
     shardable=True,
+    capping_points=(1, 2, 3, 6),
+    extra_quantities={"all_unit_baseline": ("target_rank_upper", "p_target_first")},
 )
 
 ABLATION = Design(
@@ -136,6 +161,8 @@ ABLATION = Design(
     anchored_prompts=False,
     analysis_overrides={"all_unit_baseline": {"statistic": "mean_drop", "tails": "greater", "pairs": "headline",
                                               "test": "paired_sign_flip", "null": "symmetric"}},
+    analysis_overrides_when={"all_unit_baseline": ("control", {"statistic": "welch_t", "test": "permutation",
+                                                               "null": "equal_means"})},
 )
 
 DESIGNS: Mapping[str, Design] = MappingProxyType({d.name: d for d in (ROUTING, ABLATION)})

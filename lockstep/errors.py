@@ -21,8 +21,23 @@ class Problem:
 
     def render(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        pointer = self.pointer or "/"
+        pointer = bounded(self.pointer or "/", 200)
         return f"{where} {pointer}: {self.message}"
+
+
+# The longest message (and JSON pointer) a problem echoes: a hostile file may hold a value of megabytes,
+# and a message repeats it. The middle is elided, so that the start (what) and the end (the fix) remain.
+MAX_MESSAGE_CHARS = 600
+# The most problems one SchemaError lists; the rest are counted.
+MAX_PROBLEMS_SHOWN = 100
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` with its middle elided when it is longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 40) // 2
+    return f"{text[:keep]} …[{len(text) - 2 * keep:,} characters omitted]… {text[-keep:]}"
 
 
 class LockstepError(Exception):
@@ -56,7 +71,9 @@ class SchemaError(LockstepError):
     def __init__(self, problems: list[Problem], *, hint: str | None = None):
         self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.pointer, p.message))
         count = len(self.problems)
-        lines = "\n".join(f"  - {p.render()}" for p in self.problems)
+        lines = "\n".join(f"  - {p.render()}" for p in self.problems[:MAX_PROBLEMS_SHOWN])
+        if count > MAX_PROBLEMS_SHOWN:
+            lines += f"\n  … and {count - MAX_PROBLEMS_SHOWN} more (fix these first; validation lists the rest)"
         super().__init__(f"{count} problem{'s' if count != 1 else ''} in the study:\n{lines}", hint=hint)
 
 
@@ -80,6 +97,17 @@ class ChainBroken(LockstepError):
 
 class GitError(LockstepError):
     """The study is not in a git repository, or git refuses what the stage needs."""
+
+    exit_code = 2
+
+
+class NotInRepository(GitError):
+    """The path is in no git work tree at all (git's other refusals, such as dubious ownership, are GitError)."""
+
+
+class BundleRefused(LockstepError):
+    """A bundle that cannot be unpacked safely: corrupt or truncated, over its limits, or with a member
+    that would land outside the folder it is unpacked into. Nothing in it was verified."""
 
     exit_code = 2
 
@@ -115,7 +143,7 @@ class ProblemList:
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, file: str, pointer: str, message: str, line: int | None = None) -> None:
-        self.problems.append(Problem(file, pointer, message, line))
+        self.problems.append(Problem(file, pointer, bounded(message), line))
 
     def raise_if_any(self, hint: str | None = None) -> None:
         if self.problems:

@@ -18,10 +18,18 @@ import yaml
 
 from . import __version__
 from .artifacts import JOURNAL_FORMAT_VERSION, LOCK_FORMAT_VERSION, SCHEMA_VERSION
-from .errors import DirtyStudy, LockMismatch, ProblemList, UsageError
-from .fsio import atomic_write, pretty_json, sha256_file, utc_now
+from .errors import ChainBroken, DirtyStudy, LockMismatch, ProblemList, UsageError
+from .fsio import atomic_write, pretty_json, sha256_bytes, sha256_file, utc_now
 from .gate import require_frozen
-from .journal import ACCESS_LEVELS, append_entry, read_journal
+from .journal import (
+    ACCESS_LEVELS,
+    HEAD,
+    JOURNAL,
+    append_entry,
+    read_journal,
+    repair_head,
+)
+from .loaders import read_yaml
 from .lock import (
     AMENDMENT_FILE,
     AMENDMENT_LOCK,
@@ -41,6 +49,9 @@ from .records import _validator
 from .study import PLAN_FILES, frozen_file_names, load_study
 
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+# The lock, written here before the freeze's journal entry and renamed to ``prereg.lock.json`` after it, so a
+# freeze killed at any point is finished (or started over) by running ``lockstep prereg`` again.
+PENDING_LOCK = f".{LOCK}.pending"
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class FreezeResult:
     lock_path: Path
     lock_digest: str
     dirty: bool
+    note: str = ""       # what a rerun repaired (a freeze finished, a head rewritten)
 
 
 def _make_read_only(paths: list[Path]) -> None:
@@ -101,25 +113,57 @@ def freeze(study_dir: Path, *, allow_dirty: bool = False) -> FreezeResult:
     """Validate and freeze the study in ``study_dir`` (``lockstep prereg``).
 
     Already frozen and intact: says so and changes nothing. Frozen but changed: LockMismatch listing
-    the differences and pointing to ``lockstep amend``.
+    the differences and pointing to ``lockstep amend``. Frozen but its journal gone, or a journal whose
+    lock is gone: ChainBroken (the freeze is never started again over a study that has a history).
+
+    The lock is written to :data:`PENDING_LOCK`, the journal's first entry records its digest, then it is
+    renamed into place: a freeze killed before the entry starts over, one killed after it is finished.
     """
     study_dir = study_dir_iv(study_dir)
     root = repo_root(study_dir)
     lock_path = study_dir / LOCK
     if lock_path.exists():
         return _already_frozen(study_dir, lock_path)
+    journal = read_journal(study_dir)
+    if journal.entries:
+        return _finish_interrupted_freeze(study_dir, root, journal)
+    (study_dir / PENDING_LOCK).unlink(missing_ok=True)  # a freeze killed before its journal entry: start over
     study = load_study(study_dir)
-    names = frozen_file_names(study.spec)
+    names = frozen_file_names(study.spec, study_dir)
     dirty = _refuse_dirty(root, [study_dir / n for n in names], allow_dirty)
     body = _lock_body("base", study.study_id, study_dir, names, root, dirty)
+    data = pretty_json(body)
     atomic_write(study_dir / SUMS, sums_text(body["files"]).encode(), mode=READ_ONLY)
-    atomic_write(lock_path, pretty_json(body), mode=READ_ONLY)
-    _make_read_only([study_dir / n for n in names])
-    _ensure_gitattributes(root, study_dir)
-    append_entry(study_dir, "prereg", inputs={}, outputs={n: e["sha256"] for n, e in body["files"].items()} | {LOCK: sha256_file(lock_path)},
+    atomic_write(study_dir / PENDING_LOCK, data, mode=READ_ONLY)
+    append_entry(study_dir, "prereg", inputs={}, outputs={n: e["sha256"] for n, e in body["files"].items()} | {LOCK: sha256_bytes(data)},
                  access_level="nothing_run", lock_digest=body["lock_digest"],
                  details={"dirty": bool(dirty), "dirty_files": dirty})
+    _install_lock(study_dir, root, names)
     return FreezeResult("frozen", lock_path, body["lock_digest"], bool(dirty))
+
+
+def _install_lock(study_dir: Path, root: Path, names: list[str]) -> None:
+    os.replace(study_dir / PENDING_LOCK, study_dir / LOCK)
+    _make_read_only([study_dir / n for n in names])
+    _ensure_gitattributes(root, study_dir)
+
+
+def _finish_interrupted_freeze(study_dir: Path, root: Path, journal) -> FreezeResult:
+    """No lock but a journal: a freeze killed between its journal entry and the lock's rename is finished;
+    anything else is a removed lock (ChainBroken)."""
+    pending = study_dir / PENDING_LOCK
+    first = journal.entries[0]
+    if len(journal.entries) == 1 and first["stage"] == "prereg" and pending.is_file() \
+            and first["outputs"].get(LOCK) == sha256_file(pending):
+        body = read_lock(pending)
+        if body["lock_digest"] == first["lock_digest"]:
+            _install_lock(study_dir, root, sorted(body["files"]))
+            repair_head(study_dir)  # a kill between the entry and its head, too
+            return FreezeResult("frozen", study_dir / LOCK, body["lock_digest"], body["git"]["dirty"],
+                                note=f"finished an interrupted freeze: {LOCK} is the one its journal entry recorded")
+    raise ChainBroken(f"{study_dir / LOCK} is missing, but {JOURNAL} records {len(journal.entries)} stage(s) under a lock: "
+                      "the lock was removed, and a study with a history is not frozen again",
+                      hint=f"restore {LOCK} and {SUMS} from git (git checkout -- {study_dir})")
 
 
 def _already_frozen(study_dir: Path, lock_path: Path) -> FreezeResult:
@@ -131,9 +175,11 @@ def _already_frozen(study_dir: Path, lock_path: Path) -> FreezeResult:
             hint=f"restore the frozen files (git checkout -- {study_dir}), and make the change as an amendment: "
                  f"`lockstep amend {study_dir} --replace FILE --reason ... --seen ...`")
     if not read_journal(study_dir).entries:
-        append_entry(study_dir, "prereg", inputs={}, outputs={n: e["sha256"] for n, e in body["files"].items()},
-                     access_level="nothing_run", lock_digest=body["lock_digest"], details={"resumed": True})
-    return FreezeResult("already_frozen", lock_path, body["lock_digest"], body["git"]["dirty"])
+        raise ChainBroken(f"{study_dir} is frozen ({LOCK} exists) but {JOURNAL} has no entries: the journal was removed, "
+                          "and a frozen study's journal is never started again",
+                          hint=f"restore {JOURNAL} and {HEAD} from git (git checkout -- {study_dir / JOURNAL} {study_dir / HEAD})")
+    note = f"rewrote {HEAD}, left one entry behind by an interrupted append" if repair_head(study_dir) else ""
+    return FreezeResult("already_frozen", lock_path, body["lock_digest"], body["git"]["dirty"], note=note)
 
 
 # ---------------------------------------------------------------- amendments
@@ -179,9 +225,10 @@ def freeze_amendment(study_dir: Path, *, allow_dirty: bool = False) -> FreezeRes
     frozen = require_frozen(study_dir, allow_draft=True)
     root = repo_root(study_dir)
     problems = ProblemList()
-    meta = yaml.safe_load((folder / AMENDMENT_FILE).read_text(encoding="utf-8"))
-    for error in _validator("amendment").iter_errors(meta):
-        problems.add(f"{folder.name}/{AMENDMENT_FILE}", "/" + "/".join(map(str, error.absolute_path)), error.message)
+    where = f"{folder.name}/{AMENDMENT_FILE}"
+    meta = read_yaml(folder / AMENDMENT_FILE, where, problems).data  # the plan files' safe reader (no aliases, bounded)
+    for error in _validator("amendment").iter_errors(meta) if meta is not None else ():
+        problems.add(where, "/" + "/".join(map(str, error.absolute_path)), error.message)
     problems.raise_if_any()
     files = effective_files(study_dir) | {name: folder / name for name in meta["replaces"]}
     load_study(study_dir, files)
@@ -196,7 +243,9 @@ def freeze_amendment(study_dir: Path, *, allow_dirty: bool = False) -> FreezeRes
     body = _lock_body("amendment", frozen.study_id, folder, names, root, dirty, extra)
     atomic_write(folder / AMENDMENT_LOCK, pretty_json(body), mode=READ_ONLY)
     _make_read_only([folder / n for n in names])
-    append_entry(study_dir, "amend", inputs={}, outputs={f"{AMENDMENTS}/{folder.name}/{n}": e["sha256"] for n, e in body["files"].items()},
+    outputs = {f"{AMENDMENTS}/{folder.name}/{n}": e["sha256"] for n, e in body["files"].items()}
+    outputs[f"{AMENDMENTS}/{folder.name}/{AMENDMENT_LOCK}"] = sha256_file(folder / AMENDMENT_LOCK)
+    append_entry(study_dir, "amend", inputs={}, outputs=outputs,
                  access_level=frozen.access_level, lock_digest=body["lock_digest"],
                  details={"amendment": meta["id"], "seen": meta["seen"], "post_hoc": meta["seen"] == "scores_seen",
                           "replaces": meta["replaces"], "reason": meta["reason"]})

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import LockMismatch, NotLocked, UsageError
-from .fsio import canonical_json, sha256_bytes
+from .errors import LockMismatch, NotLocked, UsageError, bounded
+from .fsio import canonical_json, pretty_json, sha256_bytes
 from .records import _validator
-from .study import PLAN_FILES
+from .study import PLAN_FILES, plain_relative
 
 LOCK = "prereg.lock.json"
 SUMS = "SHA256SUMS"
@@ -49,17 +49,26 @@ def lock_digest_of(body: dict) -> str:
 def read_lock(path: Path) -> dict:
     """Parse a lock and check its schema and digest; LockMismatch if its body was edited."""
     try:
-        body = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:  # ValueError covers JSON and UTF-8 errors
-        raise LockMismatch(f"{path} cannot be read as JSON ({exc})", hint="restore the lock from git") from exc
+        raw = path.read_bytes()
+        body = json.loads(raw)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers JSON, UTF-8 and huge integers
+        raise LockMismatch(f"{path} cannot be read as JSON ({bounded(str(exc), 200)})", hint="restore the lock from git") from exc
     errors = sorted(_validator("lock").iter_errors(body), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         pointer = "/" + "/".join(map(str, first.absolute_path))
-        raise LockMismatch(f"{path} {pointer}: {first.message}", hint="restore the lock from git")
+        raise LockMismatch(bounded(f"{path} {pointer}: {first.message}"), hint="restore the lock from git")
+    outside = [name for name in body["files"] if not plain_relative(name)]
+    if outside:
+        raise LockMismatch(f"{path} /files: names {bounded(repr(sorted(outside)), 300)}, outside the folder the lock covers; "
+                           "a lock only names files inside its own folder, and lockstep never writes such a name",
+                           hint="this lock was written by hand or tampered with: restore it from git")
     if lock_digest_of(body) != body["lock_digest"]:
         raise LockMismatch(f"{path}: lock_digest does not match the lock body, so the lock itself was edited",
                            hint="restore the lock from git; a change to a frozen plan is an amendment (`lockstep amend`)")
+    if pretty_json(body) != raw:
+        raise LockMismatch(f"{path} is not byte for byte the form lockstep writes (its whitespace or layout was edited)",
+                           hint="restore the lock from git")
     return body
 
 
@@ -91,7 +100,7 @@ def effective_files(study_dir: Path) -> dict[str, Path]:
     files = {name: Path(study_dir) / name for name in PLAN_FILES}
     for folder in amendment_dirs(study_dir):
         if (folder / AMENDMENT_LOCK).exists():
-            for name in json.loads((folder / AMENDMENT_LOCK).read_bytes())["amendment"]["replaces"]:
+            for name in read_lock(folder / AMENDMENT_LOCK).get("amendment", {}).get("replaces", []):
                 files[name] = folder / name
     return files
 
@@ -101,10 +110,10 @@ def current_lock_digest(study_dir: Path) -> str:
     study_dir = Path(study_dir)
     digest = None
     if (study_dir / LOCK).exists():
-        digest = json.loads((study_dir / LOCK).read_bytes())["lock_digest"]
+        digest = read_lock(study_dir / LOCK)["lock_digest"]
     for folder in amendment_dirs(study_dir):
         if (folder / AMENDMENT_LOCK).exists():
-            digest = json.loads((folder / AMENDMENT_LOCK).read_bytes())["lock_digest"]
+            digest = read_lock(folder / AMENDMENT_LOCK)["lock_digest"]
     if digest is None:
         raise NotLocked(f"{study_dir} is not frozen", hint=f"run `lockstep prereg {study_dir}` first")
     return digest

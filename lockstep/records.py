@@ -79,6 +79,12 @@ def write_record(path: Path, name: str, data: dict) -> None:
 
 def read_record(path: Path, name: str) -> dict:
     """Read a JSON record and check it against its schema (SchemaError naming the file and field)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    check_record(name, data, str(path), hint=f"{path} was edited or written by another version; restore it or rerun its stage")
+    hint = f"{path} was edited or written by another version; restore it or rerun its stage"
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers JSON, UTF-8 and huge integers
+        problems = ProblemList()
+        problems.add(str(path), "", f"cannot be read as JSON ({type(exc).__name__}: {exc})")
+        problems.raise_if_any(hint=hint)
+    check_record(name, data, str(path), hint=hint)
     return data

@@ -15,6 +15,7 @@ from typing import Any
 
 from .designs import ANALYSIS_OUTPUTS, DESIGNS, Design, design_of, threshold_quantity
 from .errors import ProblemList
+from .lexicon import PILOT_FILE, anchor_overlaps, check_pilot
 from .loaders import Parsed, pointer_of, read_jsonl, read_yaml
 from .records import _validator, describe
 from .units import KINDS, UNIT_ID
@@ -163,6 +164,17 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
                 if run is not None and run not in runs:
                     pointer = f"{at}/{key}" if key == "run" else f"{at}/runs/{j}"
                     add("study.yaml", study, pointer, f"names run {run!r}, which is not in /runtime/runs")
+        for j, pid in enumerate((analysis.get("leave_out") or {}).get("prompts", [])):
+            if pid not in {r.get("id") for r in records}:
+                add("study.yaml", study, f"{at}/leave_out/prompts/{j}", f"{pid!r} is not a prompt id in prompts.jsonl")
+        fallback = analysis.get("fallback")
+        if fallback is not None:
+            target = next((a for a in spec["analyses"] if a.get("id") == fallback), None)
+            if target is None or fallback == analysis.get("id"):
+                add("study.yaml", study, f"{at}/fallback", f"names {fallback!r}, which is not another analysis of the study")
+            elif target.get("kind") != analysis.get("kind"):
+                add("study.yaml", study, f"{at}/fallback", f"names {fallback!r}, a {target.get('kind')} analysis; a fallback is "
+                    f"an analysis of the same kind ({analysis.get('kind')})")
         if "split" in analysis and analysis["split"] not in splits:
             add("study.yaml", study, f"{at}/split", f"names split {analysis['split']!r}; prompts.jsonl has {', '.join(sorted(splits))}")
         groups = analysis.get("groups")
@@ -197,6 +209,20 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
     if design.needs_labels and rubric.data["kind"] == "none":
         add("rubric.yaml", rubric, "/kind", f"is 'none' but a {design.name} study labels generated text; use lexicon, judge or human")
     _check_extra_files(root, spec, study, add)
+    _check_lexicon_and_pilot(root, rubric, records, problems)
+
+
+def _check_lexicon_and_pilot(root: Path, rubric: Parsed, records: list[dict], problems: ProblemList) -> None:
+    """No rubric word set holds a lexical anchor of the prompts (lexicon.anchor_overlaps), and the pilot
+    texts, when the study ships them, get the labels they expect (lexicon.check_pilot): the same engine
+    the label stage runs."""
+    if rubric.data["kind"] == "none":
+        return
+    if any(p.file == "rubric.yaml" for p in problems.problems):
+        return  # the engine runs only a rubric that passed its own checks
+    for pointer, message in anchor_overlaps(rubric.data, records):
+        problems.add("rubric.yaml", pointer, message, rubric.line_of(pointer))
+    check_pilot(root, rubric.data, problems)
 
 
 _UNIT_IN_TEXT = re.compile(r"\bL\d+[EH]\d+\b")
@@ -232,7 +258,7 @@ def _check_claims(spec: dict, records: list[dict], study: Parsed, add) -> None:
             if hyp["kind"] == "confirmatory" and not bounds:
                 add("study.yaml", study, f"{at}/thresholds", "a confirmatory none_expected claim needs an equivalence-style "
                     "bound on the effect (a max_* threshold, e.g. max_cohen_d); a test that fails to reject confirms nothing")
-        outputs = ANALYSIS_OUTPUTS[analysis["kind"]]
+        outputs = design.outputs(analysis["kind"])
         for j, name in enumerate(hyp["thresholds"]):
             op, candidates = threshold_quantity(name)
             if op is None:
@@ -254,6 +280,7 @@ def _check_claims(spec: dict, records: list[dict], study: Parsed, add) -> None:
             add("study.yaml", study, f"{at}/claim", f"names {', '.join(sorted(named - tested))}, but analysis {analysis['id']!r} "
                 f"tests {', '.join(sorted(tested)) or 'no named unit'}")
         _check_claim_zone(words, analysis, at, study, add)
+        _check_claim_order(words, hyp, analysis, at, study, add)
         if analysis["kind"] == "reproduction" and len(set(analysis.get("runs", []))) < 2:
             add("study.yaml", study, f"/analyses/{list(analyses).index(analysis['id'])}/runs",
                 f"names {analysis.get('runs')}; a reproduction compares two different runs")
@@ -267,6 +294,35 @@ def _check_claims(spec: dict, records: list[dict], study: Parsed, add) -> None:
 def _group_a(analysis: dict) -> str | None:
     groups = analysis.get("groups") or analysis.get("classes") or {}
     return groups.get("a") or analysis.get("pairs")
+
+
+_MORE = r"more|higher|greater|larger|stronger"
+_LESS = r"less|lower|smaller|weaker|fewer"
+
+
+def _check_claim_order(words: str, hyp: dict, analysis: dict, at: str, study: Parsed, add) -> None:
+    """A claim that says which group has more must name the group its analysis's direction favours.
+
+    The group a comparative word ("more", "lower", ...) is followed by first is the one it speaks of:
+    "more W on NOFIRE than on FIRE" favours NOFIRE; a test of FIRE > NOFIRE (group a FIRE, tails greater)
+    would pass it on the opposite effect.
+    """
+    groups = analysis.get("groups") or ({"by": "prompt_class", **analysis["classes"]} if "classes" in analysis else None)
+    if not groups or hyp["direction"] not in ("greater", "less") or groups["a"] == groups["b"]:
+        return
+    names = "|".join(re.escape(groups[side]) for side in ("a", "b"))
+    match = re.search(rf"\b({_MORE}|{_LESS})\b.*?(?<![\w-])({names})(?![\w-])", words, re.I)
+    if not match:
+        return
+    more = re.fullmatch(_MORE, match.group(1), re.I) is not None
+    named = groups["a"] if match.group(2).casefold() == groups["a"].casefold() else groups["b"]
+    other = groups["b"] if named == groups["a"] else groups["a"]
+    favoured = named if more else other
+    tested = groups["a"] if hyp["direction"] == "greater" else groups["b"]
+    if favoured != tested:
+        add("study.yaml", study, f"{at}/claim", f"says {match.group(1)} on {named}, so it favours {favoured}; but analysis "
+            f"{analysis['id']!r} tests {groups['a']} {'>' if hyp['direction'] == 'greater' else '<'} {groups['b']} "
+            f"(direction {hyp['direction']!r}), which favours {tested}: swap the groups or the direction")
 
 
 def _check_claim_zone(words: str, analysis: dict, at: str, study: Parsed, add) -> None:
@@ -296,6 +352,16 @@ def _check_sampling_plan(spec: dict, records: list[dict], study: Parsed, add) ->
             if actual.get(name, 0) != count:
                 add("study.yaml", study, f"/sampling_plan/{key}/{name}", f"says {count}, but prompts.jsonl has {actual.get(name, 0)} "
                     f"prompt(s) with {field_name} {name!r}; make the plan and the file agree")
+    per_class: dict[str, int] = {}
+    for record in records:
+        per_class[record["class"]] = per_class.get(record["class"], 0) + 1
+    for name, minimum in (plan.get("min_after_exclusions") or {}).items():
+        if name not in per_class:
+            add("study.yaml", study, f"/sampling_plan/min_after_exclusions/{name}", f"names class {name!r}, which no prompt has "
+                f"(classes: {', '.join(sorted(per_class))})")
+        elif minimum > per_class[name]:
+            add("study.yaml", study, f"/sampling_plan/min_after_exclusions/{name}", f"asks for at least {minimum} {name} prompts "
+                f"after exclusions, but prompts.jsonl has only {per_class[name]}: the rule could never be met")
 
 
 def _check_ablation_block(spec: dict, targets: dict, splits: set[str], study: Parsed, add) -> None:
@@ -426,10 +492,18 @@ def _check_rubric(rubric: Parsed, problems: ProblemList) -> None:
     if not lexicon:
         return
     sets = set(lexicon["sets"])
+    negation = lexicon.get("negation") or {}
+    for j, name in enumerate(negation.get("sets", [])):
+        if name not in sets:
+            add(f"/lexicon/negation/sets/{j}", f"{name!r} is not in /lexicon/sets")
+    disclaimer = negation.get("disclaimer_set")
+    if disclaimer in sets:
+        add("/lexicon/negation/disclaimer_set", f"{disclaimer!r} is already a word set; name the disclaimed hits something else")
     for name, feature in lexicon["features"].items():
         ref = next(iter(feature.values()))
-        if ref not in sets:
-            add(f"/lexicon/features/{name}", f"refers to set {ref!r}, which is not in /lexicon/sets")
+        if ref not in sets and ref != disclaimer:
+            add(f"/lexicon/features/{name}", f"refers to set {ref!r}, which is not in /lexicon/sets"
+                + (f" nor the negation's disclaimer_set {disclaimer!r}" if disclaimer else ""))
     for i, rule in enumerate(lexicon["rules"]):
         if rule["label"] not in labels:
             add(f"/lexicon/rules/{i}/label", f"{rule['label']!r} is not one of the labels")
@@ -439,6 +513,13 @@ def _check_rubric(rubric: Parsed, problems: ProblemList) -> None:
                     add(f"/lexicon/rules/{i}/{key}/{j}/feature", f"{condition['feature']!r} is not in /lexicon/features")
     if lexicon["otherwise"] not in labels:
         add("/lexicon/otherwise", f"{lexicon['otherwise']!r} is not one of the labels")
+
+
+def plain_relative(name: str) -> bool:
+    """True for a relative POSIX path that stays below its folder: not absolute, no ``..`` or ``.``, no
+    empty part, no backslash, no NUL. Every path a lock or a bundle names has this form."""
+    return (bool(name) and not name.startswith("/") and "\\" not in name and "\0" not in name
+            and all(part not in ("", ".", "..") for part in name.split("/")))
 
 
 def inside(root: Path, relative: str) -> bool:
@@ -451,14 +532,30 @@ def inside(root: Path, relative: str) -> bool:
 
 def _check_extra_files(root: Path, spec: dict, study: Parsed, add) -> None:
     for i, relative in enumerate(spec.get("files", [])):
-        if not inside(root, relative):
-            add("study.yaml", study, f"/files/{i}", f"{relative!r} points outside the study folder; study files must live inside it")
+        if not plain_relative(relative) or not inside(root, relative):
+            add("study.yaml", study, f"/files/{i}", f"{relative!r} points outside the study folder or is not a plain "
+                "relative path (no '..', '.', '//', leading '/' or backslash); study files must live inside it")
+        elif _through_symlink(root, relative):
+            add("study.yaml", study, f"/files/{i}", f"{relative!r} is (or lies under) a symbolic link; a frozen file must be a "
+                "regular file in the study folder: replace the link with a copy")
         elif not (root / relative).is_file():
             add("study.yaml", study, f"/files/{i}", f"{relative!r} does not exist in the study folder")
         elif relative in PLAN_FILES:
             add("study.yaml", study, f"/files/{i}", f"{relative!r} is always frozen; list only extra files")
 
 
-def frozen_file_names(spec: dict[str, Any]) -> list[str]:
-    """Every file the lock covers: the four plan files plus any extra files the plan names."""
-    return sorted(set(PLAN_FILES) | set(spec.get("files", [])))
+def _through_symlink(root: Path, relative: str) -> bool:
+    """True when ``relative`` or a folder between ``root`` and it is a symbolic link."""
+    path = root / relative
+    while path != root and path != path.parent:
+        if path.is_symlink():
+            return True
+        path = path.parent
+    return False
+
+
+def frozen_file_names(spec: dict[str, Any], root: Path | None = None) -> list[str]:
+    """Every file the lock covers: the four plan files, any extra files the plan names, and the rubric's
+    pilot texts (``pilot/pilot.jsonl``) when the study in ``root`` ships them."""
+    pilot = [PILOT_FILE] if root is not None and (Path(root) / PILOT_FILE).is_file() else []
+    return sorted(set(PLAN_FILES) | set(spec.get("files", [])) | set(pilot))

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ChainBroken, GitError, LockMismatch, LockstepError, NotLocked
+from .errors import ChainBroken, LockMismatch, LockstepError, NotInRepository, NotLocked
 from .fsio import sha256_bytes
-from .journal import read_journal
+from .journal import HEAD, JOURNAL, read_journal
 from .lock import (
     AMENDMENT_LOCK,
+    AMENDMENTS,
     LOCK,
     SUMS,
     amendment_dirs,
@@ -38,10 +39,20 @@ class Context:
     lock: dict | None = None
     amendments: list[dict] = field(default_factory=list)
     journal: object | None = None
+    allowed_signers: Path | None = None   # the reviewer's trust files (lockstep.witness); None: the defaults
+    tsa_ca: Path | None = None
+    evidence: object | None = None        # lockstep.witness.Evidence, once verify_evidence ran
+    bundle: Path | None = None            # the folder a bundle was unpacked into (lockstep.bundle), else None
 
 
 def verify_lock_present(ctx: Context) -> str:
     if not (ctx.study_dir / LOCK).exists():
+        if (ctx.study_dir / f".{LOCK}.pending").exists():
+            raise NotLocked(f"{ctx.study_dir} is not frozen: a freeze was interrupted before {LOCK} was put in place",
+                            hint=f"run `lockstep prereg {ctx.study_dir}` to finish it")
+        if (ctx.study_dir / JOURNAL).is_file() and (ctx.study_dir / JOURNAL).stat().st_size:
+            raise LockMismatch(f"{ctx.study_dir / LOCK} is missing, but {JOURNAL} records stages run under a lock (the lock was removed)",
+                               hint=f"restore {LOCK} and {SUMS} from git (git checkout -- {ctx.study_dir})")
         raise NotLocked(f"{ctx.study_dir} is not frozen: {LOCK} is missing",
                         hint=f"run `make prereg STUDY={ctx.study_dir.name}` (or `lockstep prereg {ctx.study_dir}`) first")
     return f"{LOCK} present"
@@ -120,15 +131,35 @@ def verify_journal(ctx: Context) -> str:
     ctx.journal = read_journal(ctx.study_dir)
     entries = ctx.journal.entries
     if not entries:
-        raise ChainBroken(f"{ctx.study_dir}/JOURNAL.jsonl has no entries; the freeze writes the first one",
-                          hint=f"run `lockstep prereg {ctx.study_dir}` to record the freeze")
+        raise ChainBroken(f"{ctx.study_dir} is frozen but {JOURNAL} is missing or empty: the freeze wrote its first entry, "
+                          "so the journal was removed", hint=f"restore {JOURNAL} and {HEAD} from git")
     if entries[0]["stage"] != "prereg" or entries[0]["lock_digest"] != ctx.lock["lock_digest"]:
         raise ChainBroken("the journal's first entry is not the freeze of this lock")
     known = {ctx.lock["lock_digest"], *(a["lock_digest"] for a in ctx.amendments)}
     stray = [e["seq"] for e in entries if e["lock_digest"] not in known]
     if stray:
         raise ChainBroken(f"journal entries {stray} name a lock digest that is neither the lock nor an amendment")
-    return f"journal chain and head intact ({len(entries)} entries, access level {ctx.journal.access_level})"
+    _check_recorded_locks(ctx)
+    note = (f"; {HEAD} was one entry behind (an append was interrupted between {JOURNAL} and its head; the head "
+            f"is derived from the intact chain, and `lockstep prereg {ctx.study_dir}` or the next stage rewrites it)"
+            if ctx.journal.head_behind else "")
+    return f"journal chain and head intact ({len(entries)} entries, access level {ctx.journal.access_level}); lock bytes match the journal{note}"
+
+
+def _check_recorded_locks(ctx: Context) -> None:
+    """Each lock file's bytes match the digest its freeze (or amendment) entry recorded."""
+    recorded = [(ctx.study_dir / LOCK, ctx.journal.entries[0]["outputs"].get(LOCK), 0)]
+    for e in ctx.journal.stages("amend"):
+        rel = f"{AMENDMENTS}/{e.get('details', {}).get('amendment')}/{AMENDMENT_LOCK}"
+        recorded.append((ctx.study_dir / rel, e["outputs"].get(rel), e["seq"]))
+    if recorded[0][1] is None:
+        raise ChainBroken(f"the freeze's journal entry does not record the digest of {LOCK}", hint="restore the journal from git")
+    for path, digest, seq in recorded:
+        if digest is None:
+            continue  # an amendment entry written before amendments recorded their lock's digest
+        if not path.is_file() or sha256_bytes(path.read_bytes()) != digest:
+            raise LockMismatch(f"{path} is not byte for byte the lock journal entry {seq} recorded (sha256 {digest[:12]})",
+                               hint="restore the lock from git")
 
 
 STEPS: list[Callable[[Context], str]] = [
@@ -151,15 +182,17 @@ class StepResult:
     exit_code: int = 0
 
 
-def make_context(study_dir: Path, *, staged: bool = False, allow_draft: bool = False) -> Context:
+def make_context(study_dir: Path, *, staged: bool = False, allow_draft: bool = False,
+                 allowed_signers: Path | None = None, tsa_ca: Path | None = None) -> Context:
     study_dir = study_dir_iv(study_dir)
     try:
         root = repo_root(study_dir)
-    except GitError:
+    except NotInRepository:  # git's other refusals (dubious ownership) are reported, not skipped
         if staged:
             raise
         root = None
-    return Context(study_dir=study_dir, staged=staged, allow_draft=allow_draft, root=root)
+    return Context(study_dir=study_dir, staged=staged, allow_draft=allow_draft, root=root,
+                   allowed_signers=allowed_signers, tsa_ca=tsa_ca)
 
 
 def run_steps(ctx: Context, steps=None) -> list[StepResult]:
@@ -183,9 +216,16 @@ def exit_code_of(results: list[StepResult]) -> int:
 def render(results: list[StepResult], as_json: bool = False) -> str:
     if as_json:
         code = exit_code_of(results)
-        return json.dumps({"ok": code == 0, "exit_code": code,
+        return json.dumps({"ok": code == 0, "exit_code": code, "evidence": _evidence_line(results),
                            "steps": [r.__dict__ for r in results]}, indent=2, sort_keys=True)
     lines = [f"{r.number:2d}. {'ok  ' if r.ok else 'FAIL'} {r.name}: {r.message}" for r in results]
     code = exit_code_of(results)
-    lines.append("verify: intact" if code == 0 else f"verify: {'NOT FROZEN' if code == 2 else 'ALTERED'} (exit {code})")
+    evidence = _evidence_line(results)
+    lines.append(("verify: intact" + (f"; {evidence.split(' (')[0]}" if evidence else "")) if code == 0
+                 else f"verify: {'NOT FROZEN' if code == 2 else 'ALTERED'} (exit {code})")
     return "\n".join(lines)
+
+
+def _evidence_line(results: list[StepResult]) -> str | None:
+    """The ordering-evidence sentence of the reviewer's ``verify_evidence`` step (:mod:`audit.chain`), if it ran."""
+    return next((r.message for r in results if r.name == "verify_evidence" and r.ok), None)

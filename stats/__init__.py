@@ -7,7 +7,13 @@ returns a frozen dataclass with ``.to_frame()``.
 """
 
 from stats._common import Flag, parse_unit_id, unit_id
-from stats.ablation import AblationResult, ablation_summary
+from stats.ablation import (
+    AblationResult,
+    ablation_summary,
+    control_adjusted_baseline,
+    describe_margins,
+    slot_rankings,
+)
 from stats.baseline import BaselineResult, all_unit_baseline
 from stats.effects import TwoGroupResult, cohen_d, compare_groups, d_interval, hedges_g
 from stats.permutation import (
@@ -15,7 +21,8 @@ from stats.permutation import (
     paired_permutation_test,
     permutation_test,
 )
-from stats.register import RegisterResult, register_analysis
+from stats.rank import RankInterval, rank_interval
+from stats.register import RegisterResult, crosses, register_analysis
 from stats.reproduction import ReproductionResult, compare_runs
 from stats.tables import UnitTable, pivot_units
 from stats.variance import VarianceCheckResult, variance_check
@@ -26,6 +33,7 @@ __all__ = [
     "BaselineResult",
     "Flag",
     "PermutationResult",
+    "RankInterval",
     "RegisterResult",
     "ReproductionResult",
     "TwoGroupResult",
@@ -33,6 +41,9 @@ __all__ = [
     "VarianceCheckResult",
     "WSQResult",
     "ablation_summary",
+    "control_adjusted_baseline",
+    "describe_margins",
+    "slot_rankings",
     "all_unit_baseline",
     "cohen_d",
     "compare_groups",
@@ -43,6 +54,8 @@ __all__ = [
     "parse_unit_id",
     "permutation_test",
     "pivot_units",
+    "crosses",
+    "rank_interval",
     "register_analysis",
     "unit_id",
     "variance_check",

@@ -15,7 +15,7 @@ import statsmodels.formula.api as smf
 
 from stats._common import Flag, as_1d_float, as_ids, check_confidence
 
-__all__ = ["RegisterResult", "register_analysis"]
+__all__ = ["RegisterResult", "crosses", "register_analysis"]
 
 _COEF_COLUMNS = ("term", "estimate", "std_error", "ci_low", "ci_high", "pvalue")
 
@@ -63,6 +63,23 @@ class RegisterResult:
     def to_frame(self) -> pd.DataFrame:
         """The coefficient table (``term, estimate, std_error, ci_low, ci_high, pvalue``)."""
         return self.coefficients.copy()
+
+
+def crosses(prompt_class, register, *, target_class: str, target_register: str) -> np.ndarray:
+    """Which items cross their class: the generated register is not the one their class was built to elicit.
+
+    An item of ``target_class`` crosses when its register is not ``target_register``; an item of any
+    other class crosses when its register is ``target_register``. This is the one definition of crossing:
+    the 2×2 table, the routing analyses' per-prompt tables, the ledger's crossing list and the report
+    all call it.
+
+    Returns
+    -------
+    numpy.ndarray of bool, one per item.
+    """
+    pc = np.asarray(prompt_class, dtype=object)
+    rg = np.asarray(register, dtype=object)
+    return (pc == target_class) != (rg == target_register)
 
 
 def _register_iv(value, prompt_class, register, ids, confidence, cov_type):
@@ -133,7 +150,7 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
                          "n": int(sel.size), "mean": float(sel.mean()) if sel.size else np.nan,
                          "sd": float(sel.std(ddof=1)) if sel.size > 1 else np.nan})
     cells = pd.DataFrame(rows, columns=["prompt_class", "register", "n", "mean", "sd"])
-    cross = cls != reg
+    cross = crosses(pc, rg, target_class=target_class, target_register=target_register)
     crossing = pd.DataFrame({"item": ids[cross], "prompt_class": pc[cross], "register": rg[cross],
                              "value": v[cross]}, columns=["item", "prompt_class", "register", "value"])
     flags = []

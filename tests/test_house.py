@@ -88,6 +88,10 @@ def test_a_built_wheel_ships_the_schemas_and_validates_elsewhere(tmp_path):
     [wheel] = list(out.glob("lockstep-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"lockstep/schemas/{n}.schema.json" for n in ("study", "ledger", "run-manifest")} <= set(names)
+    # every design's modules and the report's templates travel too (subpackages are not implied by their parents)
+    assert {"audit/designs/routing.py", "audit/designs/ablation.py", "capture/designs/routing.py",
+            "capture/designs/ablation.py"} <= set(names)
+    assert any(n.startswith("audit/templates/") for n in names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     study = tmp_path / "elsewhere" / "demo"

@@ -9,6 +9,9 @@ A design module supplies:
 ``evidence_facts(hypothesis, analysis, outcome, study_outcomes, study)``
     ``{point: (met, fact)}`` for the points of the evidence standard its record says apply (point 8,
     the scope lint, is the verdict's own).
+``exclusions(frozen, run)``
+    ``[{"rule", "description", "ids"}]``: the prompts or pairs of a run its analyses leave out, by rule
+    (the report's first screen).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from types import ModuleType
 
 from lockstep.designs import DESIGNS, design_of
 
-PARTS = ("read_run", "ANALYSES", "evidence_facts")
+PARTS = ("read_run", "ANALYSES", "evidence_facts", "exclusions")
 
 
 def audit_design(name: str) -> ModuleType:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ import stats
 from lockstep import artifacts
 from lockstep.units import parse_unit_id, unit_id
 
-from ..analyses import Outcome, Settings, direction_ok, flag_warnings, record_baseline, warn
+from ..analyses import Outcome, Settings, critical_value, direction_ok, flag_warnings, record_baseline, warn
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,12 @@ class RunData:
 def read_run(run_id: str, run_dir: Path) -> RunData:
     manifest = json.loads((run_dir / artifacts.MANIFEST).read_text())
     texts = pq.read_table(run_dir / artifacts.TEXTS, columns=["prompt_id", "class", "split", "n_prefill", "n_generated",
-                                                              "n_trimmed", "n_spill"]).to_pandas()
+                                                              "n_trimmed", "n_spill", "trim_position", "token_ids",
+                                                              "trimmed_text"]).to_pandas()
+    # the facts the preregistered exclusion rules read (study.schema.json /exclusions; see _exclude)
+    texts["no_trim_token"] = texts["trim_position"] >= texts["token_ids"].map(len)
+    texts["other_language"] = texts["trimmed_text"].map(other_language)
+    texts = texts.drop(columns=["trim_position", "token_ids", "trimmed_text"])
     labels = pq.read_table(run_dir / artifacts.LABELS, columns=["prompt_id", "label"]).to_pandas()
     prompts = texts.rename(columns={"class": "prompt_class"}).merge(
         labels.rename(columns={"label": "register_label"}), on="prompt_id", how="left")
@@ -63,19 +69,99 @@ def _groups(run: RunData, analysis: dict, split: str | None) -> tuple[pd.DataFra
     return prompts, (prompts[column] == analysis["groups"]["a"]).to_numpy()
 
 
-def _exclude_empty(run: RunData, prompts: pd.DataFrame, zone: str, out: Outcome) -> pd.DataFrame:
-    count = prompts[f"n_{zone}"] if f"n_{zone}" in prompts else None
-    if count is None:
-        return prompts
-    empty = prompts[count == 0]
-    if len(empty):
-        warn(out, "empty_zone", f"{len(empty)} prompt(s) excluded for an empty {zone} zone: {', '.join(empty['prompt_id'])}")
-    return prompts[count > 0].reset_index(drop=True)
+_WORD = re.compile(r"[^\W\d_]+")
 
 
-def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outcome, unit: str, suffix: str = "") -> bool:
+def other_language(text: str) -> bool:
+    """The ``other_language`` rule: fewer than half of the text's alphabetic word tokens are ASCII words
+    (an English-only lexicon rubric cannot label it). A text with no alphabetic word is not judged."""
+    words = _WORD.findall(text or "")
+    return bool(words) and sum(w.isascii() for w in words) * 2 < len(words)
+
+
+# The zones a rule applies to (a generation property says nothing about the prompt's own tokens), and
+# whether it also leaves a prompt out of analyses grouped by, or modelling, the register label.
+_RULE_ZONES = {"no_trim_token": ("generated", "trimmed", "spill"), "other_language": ("generated", "trimmed", "spill")}
+_RULE_REGISTER = {"other_language"}
+
+
+def _applies(rule: dict, analysis: dict) -> bool:
+    by_register = analysis["kind"] == "register_vs_class" or (analysis.get("groups") or {}).get("by") == "register_label"
+    return analysis["zone"] in _RULE_ZONES.get(rule["rule"], ()) or (by_register and rule["rule"] in _RULE_REGISTER)
+
+
+def _by_class(rows: pd.DataFrame) -> str:
+    return ", ".join(f"{c} {n}" for c, n in rows["prompt_class"].value_counts().sort_index().items())
+
+
+def _exclude(frozen, prompts: pd.DataFrame, analysis: dict, out: Outcome) -> pd.DataFrame:
+    """The prompts an analysis keeps: an empty zone leaves a prompt out; so does every preregistered
+    exclusion rule with ``action: exclude`` that applies to the analysis. A rule with ``action: flag``
+    keeps its prompts and names them (the two-group analyses add a sensitivity result without them)."""
+    zone = analysis["zone"]
+    left = analysis.get("leave_out")
+    if left:  # a preregistered sensitivity analysis
+        gone = prompts[prompts["prompt_id"].isin(left["prompts"])]
+        warn(out, "left_out", f"{len(gone)} prompt(s) left out as preregistered ({left['reason']}): {', '.join(gone['prompt_id'])}")
+        prompts = prompts[~prompts["prompt_id"].isin(left["prompts"])]
+    if f"n_{zone}" in prompts:
+        empty = prompts[prompts[f"n_{zone}"] == 0]
+        if len(empty):
+            warn(out, "empty_zone", f"{len(empty)} prompt(s) excluded for an empty {zone} zone: {', '.join(empty['prompt_id'])}")
+        prompts = prompts[prompts[f"n_{zone}"] > 0]
+    for rule in frozen.spec.get("exclusions", []):
+        if rule["rule"] not in _RULE_ZONES or rule["rule"] not in prompts or not _applies(rule, analysis):
+            continue
+        hit = prompts[prompts[rule["rule"]]]
+        if not len(hit):
+            continue
+        if rule.get("action", "exclude") == "exclude":
+            warn(out, "excluded", f"{rule['id']} ({rule['rule']}) excluded {len(hit)} prompt(s) ({_by_class(hit)}): "
+                 f"{', '.join(hit['prompt_id'])}")
+            prompts = prompts[~prompts[rule["rule"]]]
+        else:
+            warn(out, "flagged", f"{rule['id']} ({rule['rule']}) flags {len(hit)} prompt(s) ({_by_class(hit)}), kept as "
+                 f"preregistered: {', '.join(hit['prompt_id'])}")
+    prompts = prompts.reset_index(drop=True)
+    minimum = frozen.spec.get("sampling_plan", {}).get("min_after_exclusions") or {}
+    short = [f"{cls} {int((prompts['prompt_class'] == cls).sum())} < {need}" for cls, need in sorted(minimum.items())
+             if cls in set(run_classes(analysis)) and int((prompts["prompt_class"] == cls).sum()) < need]
+    if short and not out.not_established:
+        out.not_established = ("the sampling plan's minimum after exclusions is not met ("
+                               + ", ".join(short) + "; /sampling_plan/min_after_exclusions)")
+    return prompts
+
+
+def run_classes(analysis: dict) -> list[str]:
+    """The prompt classes an analysis compares (none for a grouping by register label)."""
+    if "classes" in analysis:
+        return [analysis["classes"]["a"], analysis["classes"]["b"]]
+    groups = analysis.get("groups") or {}
+    return [groups["a"], groups["b"]] if groups.get("by") == "prompt_class" else []
+
+
+def _flagged(frozen, prompts: pd.DataFrame, analysis: dict) -> dict[str, np.ndarray]:
+    """``{rule id: mask}`` of the prompts each applicable ``action: flag`` rule flags."""
+    return {rule["id"]: prompts[rule["rule"]].to_numpy(bool) for rule in frozen.spec.get("exclusions", [])
+            if rule.get("action", "exclude") == "flag" and rule["rule"] in _RULE_ZONES and rule["rule"] in prompts
+            and _applies(rule, analysis) and prompts[rule["rule"]].any()}
+
+
+#: The prompt class built to elicit the rubric's target register (DESIGN.md: FIRE / NOFIRE).
+TARGET_CLASS = "FIRE"
+
+
+def crossing(frozen, prompt_class, register_label) -> np.ndarray:
+    """Which prompts cross their class (:func:`stats.crosses`) in the study's own names: FIRE and the frozen
+    rubric's target label."""
+    return stats.crosses(prompt_class, register_label, target_class=TARGET_CLASS,
+                         target_register=frozen.rubric["target_label"])
+
+
+def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outcome, unit: str, suffix: str = "",
+                    *, frozen) -> bool:
     prompts, group = _groups(run, analysis, analysis.get("split"))
-    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    prompts = _exclude(frozen, prompts, analysis, out)
     group = (prompts["prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"] == analysis["groups"]["a"]).to_numpy()
     x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
     if unit not in ids:
@@ -87,8 +173,10 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
         warn(out, "never_selected", f"{int((~finite).sum())} prompt(s) have no {analysis['metric']} for {unit} (never selected) and are left out")
     values, group, prompts = values[finite], group[finite], prompts[finite].reset_index(drop=True)
     n_a, n_b = int(group.sum()), int((~group).sum())
-    if min(n_a, n_b) < 2:
-        out.not_established = f"too few prompts: {n_a} in {analysis['groups']['a']} and {n_b} in {analysis['groups']['b']} (need 2 each)"
+    need = int(analysis.get("min_group_size", 2))
+    if min(n_a, n_b) < need:
+        out.not_established = (f"too few prompts: {n_a} in {analysis['groups']['a']} and {n_b} in {analysis['groups']['b']} "
+                               f"(need {need} each{', the preregistered min_group_size' if need > 2 else ''})")
         return False
     rng = np.random.default_rng(settings.seed)
     effect = stats.compare_groups(values[group], values[~group], ids_a=list(prompts["prompt_id"][group]),
@@ -108,26 +196,47 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
                                   alternative=analysis["tails"], n_resamples=settings.n_resamples,
                                   exact_cap=settings.exact_cap, rng=np.random.default_rng(settings.seed))
     p = float(test.pvalue)
-    out.quantities.update({f"p{suffix}": p, f"ratio{suffix}": effect.ratio, f"cohen_d{suffix}": effect.cohen_d,
+    ratio = effect.ratio
+    floor = analysis.get("ratio_floor")
+    if floor is not None:  # the preregistered floor (study.schema.json /analyses/ratio_floor)
+        ratio = max(effect.mean_a, floor) / max(effect.mean_b, floor)
+        out.numbers[f"ratio_unfloored{suffix}"] = effect.ratio
+        out.numbers[f"ratio_floor{suffix}"] = floor
+    out.quantities.update({f"p{suffix}": p, f"ratio{suffix}": ratio, f"cohen_d{suffix}": effect.cohen_d,
                            f"hedges_g{suffix}": effect.hedges_g, f"auc{suffix}": effect.auc, f"mean_diff{suffix}": effect.mean_diff})
     out.numbers.update({f"{k}{suffix}": v for k, v in {
-        "n_a": n_a, "n_b": n_b, "mean_a": effect.mean_a, "mean_b": effect.mean_b, "ratio": effect.ratio,
+        "n_a": n_a, "n_b": n_b, "mean_a": effect.mean_a, "mean_b": effect.mean_b, "ratio": ratio,
         "ratio_ci_low": effect.ratio_ci[0], "ratio_ci_high": effect.ratio_ci[1], "cohen_d": effect.cohen_d,
         "cohen_d_ci_low": effect.cohen_d_ci[0], "cohen_d_ci_high": effect.cohen_d_ci[1], "hedges_g": effect.hedges_g,
         "auc": effect.auc, "p_value": p, "exact": bool(test.exact), "null": test.null, "resampling": test.resampling,
         "variance_ratio": effect.variance_ratio, "brown_forsythe_p": effect.brown_forsythe_p,
         "n_relabelings": math.comb(n_a + n_b, n_a) if test.exact else int(test.n_resamples),
         "ranges_overlap": bool(effect.ranges_overlap)}.items()})
-    crossing = set(effect.crossing_a) | set(effect.crossing_b)
+    crosses = crossing(frozen, prompts["prompt_class"], prompts["register_label"])
+    out.numbers[f"crossing_prompts{suffix}"] = ", ".join(map(str, prompts["prompt_id"][crosses]))
     frame = pd.DataFrame({"analysis_id": analysis["id"], "unit": unit, "run": run.run_id, "zone": analysis["zone"],
                           "metric": analysis["metric"], "prompt_id": prompts["prompt_id"], "prompt_class": prompts["prompt_class"],
                           "register_label": prompts["register_label"], "value": values,
-                          "crosses": prompts["prompt_id"].isin(crossing)})
+                          "crosses": crosses})
     out.tables.setdefault("target_values", pd.DataFrame())
     out.tables["target_values"] = pd.concat([out.tables["target_values"], frame], ignore_index=True)
     if test.null_distribution is not None and not suffix:
         out.tables["null_distribution"] = pd.DataFrame({"analysis_id": analysis["id"], "value": np.asarray(test.null_distribution).ravel()})
         out.numbers["observed_statistic"] = float(test.statistic)
+        out.numbers["critical_statistic"] = critical_value(test.null_distribution, settings.alpha, analysis["tails"], bool(test.exact))
+    for rule_id, mask in _flagged(frozen, prompts, analysis).items():
+        # the preregistered sensitivity result: the same comparison without the flagged prompts
+        keep = ~mask
+        g = group[keep]
+        if min(int(g.sum()), int((~g).sum())) < 2:
+            out.numbers[f"without_{rule_id}{suffix}"] = "too few prompts left"
+            continue
+        sub = stats.compare_groups(values[keep][g], values[keep][~g], n_boot=settings.n_boot, rng=np.random.default_rng(settings.seed))
+        sub_test = stats.permutation_test(values[keep], g, statistic=analysis["statistic"], null=analysis["null"],
+                                          alternative=analysis["tails"], n_resamples=settings.n_resamples,
+                                          exact_cap=settings.exact_cap, rng=np.random.default_rng(settings.seed))
+        out.numbers.update({f"p_without_{rule_id}{suffix}": float(sub_test.pvalue), f"ratio_without_{rule_id}{suffix}": sub.ratio,
+                            f"cohen_d_without_{rule_id}{suffix}": sub.cohen_d, f"n_without_{rule_id}{suffix}": int(keep.sum())})
     passed = p <= settings.alpha and direction_ok(effect.mean_diff, analysis["tails"])
     out.facts["spill_tokens"] = int(run.prompts["n_spill"].sum())
     if analysis["zone"] == "generated":
@@ -141,7 +250,7 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
 def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
     out = Outcome(analysis["id"], "two_group")
     run = runs(analysis["run"])
-    passed = _two_group_core(run, analysis, settings, out, analysis["unit"])
+    passed = _two_group_core(run, analysis, settings, out, analysis["unit"], frozen=frozen)
     if out.not_established:
         return out
     out.primary_passed = passed
@@ -158,6 +267,18 @@ def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: 
     return out
 
 
+def _mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of the finite ``values`` (NaN with fewer than two)."""
+    from scipy import stats as sps
+
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2:
+        return float("nan"), float("nan")
+    half = float(sps.t.ppf(0.5 + confidence / 2, finite.size - 1) * finite.std(ddof=1) / np.sqrt(finite.size))
+    return float(finite.mean() - half), float(finite.mean() + half)
+
+
 def _wsq_table(run: RunData, analysis: dict, out: Outcome) -> None:
     prompts, group = _groups(run, analysis, analysis.get("split"))
     rows = []
@@ -168,6 +289,7 @@ def _wsq_table(run: RunData, analysis: dict, out: Outcome) -> None:
             column = x[:, ids.index(analysis["unit"])]
             # Q of a group that never selects the unit is undefined (NaN), not 0
             row[metric] = float(np.nanmean(column)) if mask.any() and np.isfinite(column).any() else float("nan")
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = _mean_interval(column)
         rows.append(row)
     out.tables["wsq"] = pd.DataFrame(rows)
 
@@ -176,11 +298,13 @@ def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], se
     out = Outcome(analysis["id"], "all_unit_baseline")
     run = runs(analysis["run"])
     prompts, _ = _groups(run, analysis, analysis.get("split"))
-    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    prompts = _exclude(frozen, prompts, analysis, out)
     column = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
     group = (prompts[column] == analysis["groups"]["a"]).to_numpy()
-    if min(group.sum(), (~group).sum()) < 2:
-        out.not_established = f"too few prompts in a group ({int(group.sum())} vs {int((~group).sum())})"
+    need = int(analysis.get("min_group_size", 2))
+    if min(group.sum(), (~group).sum()) < need:
+        out.not_established = (f"too few prompts: {int(group.sum())} in {analysis['groups']['a']} and {int((~group).sum())} in "
+                               f"{analysis['groups']['b']} (need {need} each{', the preregistered min_group_size' if need > 2 else ''})")
         return out
     x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
     targets = [t["id"] for t in frozen.spec["units"]["targets"] if t["id"] in ids]
@@ -196,16 +320,27 @@ def all_unit_baseline(frozen, analysis: dict, runs: Callable[[str], RunData], se
     layers_idx = [parse_unit_id(u) for u in ids]
     record_baseline(out, analysis, result, ids, target, targets, settings, "units",
                      {"layer": [l for l, _, _ in layers_idx], "index": [i for _, _, i in layers_idx]})
+    # how sure the rank is: the target's rank over a stratified bootstrap of the prompts (stats.rank_interval)
+    finite = np.isfinite(x).all(axis=0)
+    j = [u for u, ok in zip(ids, finite) if ok].index(target) if finite[ids.index(target)] else None
+    if j is not None:
+        ranked = stats.rank_interval(x[:, finite], group, target=j, statistic=analysis["statistic"], alternative=analysis["tails"],
+                                     n_boot=settings.n_boot, rng=np.random.default_rng(settings.seed))
+        out.quantities.update({"target_rank_upper": float(ranked.rank_ci[1]), "p_target_first": ranked.p_first})
+        out.numbers.update({"target_rank_ci_low": ranked.rank_ci[0], "target_rank_ci_high": ranked.rank_ci[1],
+                            "p_target_first": ranked.p_first})
+        out.primary_text += (f"; bootstrap rank interval [{ranked.rank_ci[0]}, {ranked.rank_ci[1]}], "
+                             f"first in {ranked.p_first:.0%} of {ranked.n_boot} resamples")
     return out
 
 
 def reproduction(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
     out = Outcome(analysis["id"], "reproduction")
     first, second = analysis["runs"]
-    ok_first = _two_group_core(runs(first), analysis, settings, out, analysis["unit"], suffix=f"_{first}")
+    ok_first = _two_group_core(runs(first), analysis, settings, out, analysis["unit"], suffix=f"_{first}", frozen=frozen)
     if out.not_established:
         return out
-    ok_second = _two_group_core(runs(second), analysis, settings, out, analysis["unit"], suffix=f"_{second}")
+    ok_second = _two_group_core(runs(second), analysis, settings, out, analysis["unit"], suffix=f"_{second}", frozen=frozen)
     if out.not_established:
         return out
     r1, r2 = out.quantities[f"ratio_{first}"], out.quantities[f"ratio_{second}"]
@@ -227,7 +362,7 @@ def register_vs_class(frozen, analysis: dict, runs: Callable[[str], RunData], se
     run = runs(analysis["run"])
     prompts = run.prompts if "split" not in analysis else run.prompts[run.prompts["split"] == analysis["split"]]
     prompts = prompts[prompts["prompt_class"].isin(analysis["classes"].values())].reset_index(drop=True)
-    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    prompts = _exclude(frozen, prompts, analysis, out)
     x, ids = run.matrix(analysis["zone"], analysis["metric"], list(prompts["prompt_id"]))
     if analysis["unit"] not in ids:
         out.not_established = f"unit {analysis['unit']} is not in the captured run"
@@ -241,11 +376,13 @@ def register_vs_class(frozen, analysis: dict, runs: Callable[[str], RunData], se
     result = stats.register_analysis(values, prompts["prompt_class"].to_numpy(), register,
                                      target_class=analysis["classes"]["a"], other_class=analysis["classes"]["b"],
                                      target_register=target_register, other_register=other_register,
-                                     ids=list(prompts["prompt_id"]))
+                                     ids=list(prompts["prompt_id"]), cov_type=analysis["cov_type"])
     coef = result.coefficients.set_index("term")
     reg, cls, diff = coef.loc["register"], coef.loc["prompt_class"], coef.loc["register - prompt_class"]
     cells = result.cells.rename(columns={"register": "register_label"})
     cells.insert(0, "analysis_id", analysis["id"])
+    cells["crosses"] = stats.crosses(cells["prompt_class"], cells["register_label"], target_class=analysis["classes"]["a"],
+                                     target_register=target_register)
     out.tables["class_register"] = cells
     out.numbers.update({"register_effect": float(reg["estimate"]), "register_ci_low": float(reg["ci_low"]),
                         "register_ci_high": float(reg["ci_high"]), "register_p": float(reg["pvalue"]),
@@ -287,7 +424,7 @@ def wsq_decomposition(frozen, analysis: dict, runs: Callable[[str], RunData], se
     out = Outcome(analysis["id"], "wsq_decomposition")
     run = runs(analysis["run"])
     prompts, group = _groups(run, analysis, analysis.get("split"))
-    prompts = _exclude_empty(run, prompts, analysis["zone"], out)
+    prompts = _exclude(frozen, prompts, analysis, out)
     group = (prompts["prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"] == analysis["groups"]["a"]).to_numpy()
     s, ids = run.matrix(analysis["zone"], "S", list(prompts["prompt_id"]))
     q, _ = run.matrix(analysis["zone"], "Q", list(prompts["prompt_id"]))
@@ -348,27 +485,91 @@ def evidence_facts(hypothesis: dict, analysis: dict, outcome: Outcome, study_out
     same_unit = [(study.analysis(a_id), o) for a_id, o in study_outcomes.items() if study.analysis(a_id).get("unit", unit) == unit]
     register = [o for a, o in same_unit if a["kind"] == "register_vs_class"]
     repro = [o for a, o in same_unit if a["kind"] == "reproduction"]
-    anchors = _anchors_matched(study, analysis)
+    anchors, anchor_fact = _anchors_matched(study, analysis)
     spill = outcome.facts.get("spill_tokens")
+    register_ok = bool(register and register[0].primary_passed
+                       and not any(w.code == "register_not_above_class" for w in register[0].warnings))
+    if not register:
+        register_fact = "no register_vs_class analysis of this unit"
+    elif register_ok:
+        register_fact = register[0].primary_text
+    else:
+        register_fact = register[0].primary_text + ("; the register effect is not shown above the class effect"
+                                                    if register[0].primary_passed else "")
+    wsq = [a for a, _ in same_unit if a["kind"] in ("two_group", "wsq_decomposition")]
+    if zone == "trimmed":
+        spill_fact = "trimmed before the first trim token"
+    elif zone == "prefill":
+        spill_fact = "scored in the prefill zone, which holds no generated special tokens"
+    else:
+        spill_fact = f"zone {zone}; {spill} spill tokens in the run" + ("" if spill == 0 else ": score the trimmed zone")
     return {
         1: (zone in ("generated", "trimmed"), f"scored in the {zone} zone" if zone else "no zone"),
         2: (unit is not None, f"unit {unit}" if unit else "no named unit"),
-        3: (anchors and outcome.primary_passed, "classes share their lexical anchors and the primary passed" if anchors
-            else "the compared groups do not share lexical anchors"),
-        4: (bool(register and register[0].primary_passed),
-            register[0].primary_text if register else "no register_vs_class analysis of this unit"),
+        3: (anchors and outcome.primary_passed, anchor_fact + ("" if outcome.primary_passed else "; the primary criterion failed")),
+        4: (register_ok, register_fact),
         5: (bool(repro and repro[0].primary_passed), repro[0].primary_text if repro else "no reproduction analysis of this unit"),
-        6: (zone == "trimmed" or (zone == "generated" and spill == 0),
-            "trimmed before the first trim token" if zone == "trimmed" else f"zone {zone}; {spill} spill tokens in the run"),
-        7: (any(a["kind"] in ("two_group", "wsq_decomposition") for a, _ in same_unit), "W, S and Q tabulated for the unit"),
+        6: (zone in ("trimmed", "prefill") or (zone == "generated" and spill == 0), spill_fact),
+        7: (bool(wsq), f"W, S and Q tabulated for {unit} by {', '.join(sorted({a['id'] for a in wsq}))}" if wsq
+            else f"no two_group or wsq_decomposition analysis of {unit}: W, S and Q not tabulated"),
     }
 
 
-def _anchors_matched(study, analysis: dict) -> bool:
+def _anchors_matched(study, analysis: dict) -> tuple[bool, str]:
+    """Whether the prompts behind the compared groups share lexical anchors, and the fact that says so.
+
+    Groups by prompt class compare those two classes; groups by register label compare texts generated
+    from every class of the split, so their lexical control is that the split's classes share anchors.
+    """
     groups = analysis.get("groups") or ({"by": "prompt_class", **analysis["classes"]} if "classes" in analysis else {})
-    if groups.get("by") != "prompt_class":
-        return False
     split = analysis.get("split")
-    a = {w.casefold() for p in study.prompts_in(split, groups["a"]) for w in p.get("anchors", [])}
-    b = {w.casefold() for p in study.prompts_in(split, groups["b"]) for w in p.get("anchors", [])}
-    return bool(a & b)
+    if groups.get("by") == "prompt_class":
+        classes = [groups["a"], groups["b"]]
+    else:
+        classes = sorted({p["class"] for p in study.prompts_in(split)})
+    if len(classes) < 2:
+        return False, "the groups do not come from two prompt classes, so no lexical anchors can be matched"
+    words = [{w.casefold() for p in study.prompts_in(split, c) for w in p.get("anchors", [])} for c in classes]
+    shared = set.intersection(*words)
+    names = " and ".join(classes)
+    if not shared:
+        return False, f"the prompts of {names} share no lexical anchors"
+    lead = "" if groups.get("by") == "prompt_class" else f"grouped by {groups.get('by', 'register label')}; "
+    return True, f"{lead}{names} share {len(shared)} lexical anchor{'s' if len(shared) != 1 else ''}"
+
+
+def exclusions(frozen, run: RunData) -> list[dict]:
+    """The prompts of ``run`` that its analyses leave out, by rule: ``[{"rule", "description", "ids"}]``.
+
+    A prompt whose zone is empty is left out of every analysis of that zone (the ``empty_zone`` warning);
+    the plan's ``empty_<zone>`` exclusion names the rule when it has one. Only the splits the run's
+    analyses read are listed.
+    """
+    mine = [a for a in frozen.analyses if run.run_id in [a.get("run"), *a.get("runs", [])] and a.get("zone")]
+    rules = {x["rule"]: x for x in frozen.spec.get("exclusions", [])}
+    out = []
+    for zone in sorted({a["zone"] for a in mine}):
+        splits = {a.get("split") for a in mine if a["zone"] == zone}
+        prompts = run.prompts if None in splits else run.prompts[run.prompts["split"].isin(splits)]
+        if f"n_{zone}" not in prompts:
+            continue
+        empty = prompts[prompts[f"n_{zone}"] == 0]
+        if len(empty):
+            rule = rules.get(f"empty_{zone}")
+            out.append({"rule": rule["id"] if rule else f"empty_{zone}",
+                        "description": rule["description"] if rule else f"an empty {zone} zone leaves a prompt out of every {zone}-zone analysis",
+                        "ids": sorted(empty["prompt_id"].astype(str)), "action": "exclude", "by_class": _class_counts(empty)})
+    splits = {a.get("split") for a in mine}
+    prompts = run.prompts if None in splits else run.prompts[run.prompts["split"].isin(splits)]
+    for rule in frozen.spec.get("exclusions", []):
+        if rule["rule"] not in _RULE_ZONES or rule["rule"] not in prompts:
+            continue
+        hit = prompts[prompts[rule["rule"]]]
+        if len(hit):
+            out.append({"rule": rule["id"], "description": rule["description"], "ids": sorted(hit["prompt_id"].astype(str)),
+                        "action": rule.get("action", "exclude"), "by_class": _class_counts(hit)})
+    return out
+
+
+def _class_counts(rows: pd.DataFrame) -> dict[str, int]:
+    return {str(c): int(n) for c, n in rows["prompt_class"].value_counts().sort_index().items()}

@@ -6,32 +6,47 @@ For a frozen study with ``design: ablation`` and each preregistered run (``decod
 1. loads the model and tokenizer once, builds the slot table (:mod:`capture.slots`) for
    ``ablation.slot_layers``, and refuses a target that is not a slot;
 2. tokenises every pair (sorted by id): clean and corrupted prompt, and the answer and wrong answer
-   by ``ablation.answer_tokenization`` (``first_token``: the first id of the answer tokenised alone,
-   no special tokens, leading space kept); exclusion ``shared_first_token`` applies here;
-3. for ``kind: mean``, the mean of every slot over every non-pad token of the reference split, in
-   the unablated model (float64 sums);
+   (each tokenised alone, no special tokens, leading space kept; every token id and its text are
+   recorded in ``pairs.parquet``); exclusions ``shared_first_token`` (under ``full_answer`` scoring:
+   answer and wrong answer tokenise identically, so the margin is 0) and ``multi_token_answer`` (the
+   answer or the wrong answer is more than one token) apply here. An exclusion with ``classes``
+   applies to pairs of those classes only;
+3. for mean ablation (``kind: mean``, or ``mean`` among ``sensitivity_kinds``), the mean of every
+   slot over the reference split in the unablated model (float64 sums): over every non-pad token, or,
+   with ``per_position_means: K``, at each of the last ``K`` positions from the end and over the
+   positions before them (:class:`capture.slots.SlotMeans`);
 4. the unablated margins of every pair, clean and corrupted; exclusion ``nonpositive_clean_margin``
    applies here, before any ablated margin exists;
-5. the targeted ablations on the pairs left: each target alone (mode ``individual``; not those in
+5. the targeted ablations on the pairs left, for the plan's ``kind`` and each of its
+   ``sensitivity_kinds`` (column ``kind``): each target alone (mode ``individual``; not those in
    ``combined_only``) and each combined set (``ablation.combined`` and the targets of every
    ``mode: combined`` analysis), clean and corrupted;
-6. when an analysis is an ``all_unit_baseline``: every slot ablated alone on the clean prompts of
-   the pairs left, one batch of pairs at a time (resumable per batch), ``slots_per_forward`` slot
-   ablations stacked along the batch dimension of one forward.
+6. when an analysis is an ``all_unit_baseline``: every slot ablated alone (the plan's ``kind``) on the
+   clean prompts of the pairs left, one batch of pairs at a time (resumable per batch),
+   ``slots_per_forward`` slot ablations stacked along the batch dimension of one forward.
 
-The margin of a prompt is ``logit(answer) - logit(wrong_answer)`` at its last real token (prompts are
-left-padded, position ids count real tokens only), computed in float32 as ``h · (W[a] - W[b])`` from
-``h``, the output head's input at that position, and ``W``, the output head's weight (plus its bias
-when it has one). For a linear output head this is the float32 logit difference whatever the model's
-dtype (tests check it against the model's own logits). Drop = unablated margin - ablated margin.
+The margin of a prompt, by ``ablation.answer_tokenization``:
+
+- ``first_token`` (the default): ``logit(a) - logit(b)`` at its last real token, ``a`` and ``b`` the
+  first tokens of the answer and the wrong answer (prompts are left-padded, position ids count real
+  tokens only), computed in float32 as ``h · (W[a] - W[b])`` from ``h``, the output head's input at
+  that position, and ``W``, the output head's weight (plus its bias when it has one). For a linear
+  output head this is the float32 logit difference whatever the model's dtype (tests check it
+  against the model's own logits); it equals the first tokens' log-probability difference.
+- ``full_answer``: ``log p(answer | prompt) - log p(wrong answer | prompt)``, each the sum over the
+  answer's tokens of the float32 log-softmax of the output head at the position before the token,
+  teacher-forced (the prompt followed by the answer's earlier tokens, one row per answer).
+
+Drop = unablated margin - ablated margin.
 
 Layout of ``runs/<study>/<run-id>/`` once complete::
 
     manifest.json             provenance, the slot table, exclusions, counts, cost; written last
-    pairs.parquet             one row per pair: texts, token ids, answer ids, unablated margins, exclusion
-    ablations.parquet         one row per pair x targeted condition: ablated margins and drops
+    pairs.parquet             one row per pair: texts, token ids, answers' token ids and texts, unablated
+                              margins, exclusion and flags
+    ablations.parquet         one row per pair x ablation kind x targeted condition: ablated margins and drops
     baseline.parquet          one row per pair x slot (all-slot baseline): ablated clean margin, drop
-    reference_means.parquet   one row per slot: the mean it is replaced by (mean ablation)
+    reference_means.parquet   one row per slot x position class: the mean it is replaced by (mean ablation)
 
 While running, ``_work/`` holds the bound configuration, ``prep/`` (steps 2-5, written once, so that
 a resume reuses the same exclusions) and one shard per batch of the all-slot baseline.
@@ -65,8 +80,16 @@ from ..store import RunStore, disk_errors, write_table
 
 OPTIONS = ("slots_per_forward",)  # design-specific capture options (lockstep capture --slots-per-forward)
 DEFAULT_STACK_ROWS = 256
-MARGIN_DEFINITION = ("logit(first token of answer) - logit(first token of wrong_answer) at the last real token, "
-                     "float32, from the output head's input")
+FIRST_TOKEN, FULL_ANSWER = "first_token", "full_answer"
+MEAN, ZERO = "mean", "zero"
+MARGIN_DEFINITIONS = {
+    FIRST_TOKEN: ("logit(first token of answer) - logit(first token of wrong_answer) at the last real token, "
+                  "float32, from the output head's input"),
+    FULL_ANSWER: ("log p(answer | prompt) - log p(wrong_answer | prompt): the sum over each answer's tokens of the "
+                  "float32 log-softmax of the output head, teacher-forced"),
+}
+MARGIN_DEFINITION = MARGIN_DEFINITIONS[FIRST_TOKEN]
+VOCAB_CHUNK = 32_768  # output-head rows per float32 matmul in the full-answer log-softmax
 
 PAIRS_SCHEMA = pa.schema([
     ("pair_id", pa.string()), ("class", pa.string()), ("split", pa.string()),
@@ -74,11 +97,13 @@ PAIRS_SCHEMA = pa.schema([
     ("clean_token_ids", pa.list_(pa.int64())), ("corrupted_token_ids", pa.list_(pa.int64())),
     ("answer_token_id", pa.int64()), ("wrong_token_id", pa.int64()),
     ("answer_n_tokens", pa.int64()), ("wrong_n_tokens", pa.int64()),
+    ("answer_token_ids", pa.list_(pa.int64())), ("wrong_token_ids", pa.list_(pa.int64())),
+    ("answer_tokens", pa.list_(pa.string())), ("wrong_tokens", pa.list_(pa.string())),
     ("baseline_clean_margin", pa.float64()), ("baseline_corrupted_margin", pa.float64()),
     ("excluded", pa.bool_()), ("excluded_by", pa.string()), ("flagged_by", pa.list_(pa.string())),
 ])
 ABLATIONS_SCHEMA = pa.schema([
-    ("pair_id", pa.string()), ("mode", pa.string()), ("target", pa.string()), ("n_slots", pa.int64()),
+    ("pair_id", pa.string()), ("kind", pa.string()), ("mode", pa.string()), ("target", pa.string()), ("n_slots", pa.int64()),
     ("baseline_clean_margin", pa.float64()), ("ablated_clean_margin", pa.float64()), ("clean_drop", pa.float64()),
     ("baseline_corrupted_margin", pa.float64()), ("ablated_corrupted_margin", pa.float64()),
     ("corrupted_drop", pa.float64()),
@@ -89,8 +114,8 @@ BASELINE_SCHEMA = pa.schema([
 ])
 MEANS_SCHEMA = pa.schema([
     ("slot", pa.string()), ("layer", pa.int64()), ("head", pa.int64()), ("layer_type", pa.string()),
-    ("module", pa.string()), ("n_tokens", pa.int64()), ("mean", pa.list_(pa.float32())),
-])
+    ("module", pa.string()), ("position", pa.int64()), ("n_tokens", pa.int64()), ("mean", pa.list_(pa.float32())),
+])  # position 0: the pooled mean (or, with per_position_means K, the positions before the last K); k: k-th from the end
 
 
 # -- the forward ------------------------------------------------------------------------------------
@@ -158,20 +183,84 @@ class MarginForward:
                 out = out + self.head.bias[a].float() - self.head.bias[b].float()
         return out.double().cpu().numpy()
 
+    def logprobs(self, rows: list[list[int]], targets: list[list[int]]) -> np.ndarray:
+        """Teacher-forced ``sum_i log p(targets[r][i] | rows[r] + targets[r][:i])`` per row, float32 log-softmax.
 
-def ablated_margins(fwd: MarginForward, ablation: SlotAblation, rows: list[list[int]], answer: list[int],
-                    wrong: list[int], conditions: list[list[str]], stack: int) -> np.ndarray:
+        One forward of ``rows[r] + targets[r][:-1]``; the output head's input at the last
+        ``len(targets[r])`` positions of each row is multiplied by the head's weight in float32, a
+        vocabulary chunk at a time (``VOCAB_CHUNK`` rows), for the log-sum-exp.
+        """
+        if any(not t for t in targets):
+            raise CaptureError("an answer tokenises to nothing; there is no log-probability to score")
+        keep = max(len(t) for t in targets)
+        seqs = [list(r) + list(t[:-1]) for r, t in zip(rows, targets)]
+        ids, mask, position_ids = self.batch(seqs)
+        seen: list[torch.Tensor] = []
+
+        def hold(module, args, kwargs):
+            seen.append(args[0][:, -keep:, :].detach())
+
+        handle = self.head.register_forward_pre_hook(hold, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                           position_ids=position_ids.to(self.device), use_cache=False, logits_to_keep=keep)
+        finally:
+            handle.remove()
+        self.forwards += 1
+        self.rows += len(seqs)
+        h = seen[-1]
+        weight, bias = self.head.weight, getattr(self.head, "bias", None)
+        with torch.inference_mode():
+            picked = torch.cat([h[r, keep - len(t):, :] for r, t in enumerate(targets)]).to(weight.device).float()
+            flat = torch.tensor([x for t in targets for x in t], device=weight.device)
+            lse = torch.full((picked.shape[0],), -torch.inf, device=weight.device)
+            for start in range(0, weight.shape[0], VOCAB_CHUNK):
+                logits = picked @ weight[start:start + VOCAB_CHUNK].float().T
+                if bias is not None:
+                    logits = logits + bias[start:start + VOCAB_CHUNK].float()
+                lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+            chosen = (picked * weight[flat].float()).sum(dim=-1)
+            if bias is not None:
+                chosen = chosen + bias[flat].float()
+            per_token = (chosen - lse).double().cpu().numpy()
+        bounds = np.cumsum([0] + [len(t) for t in targets])
+        return np.array([per_token[bounds[r]:bounds[r + 1]].sum() for r in range(len(targets))])
+
+
+def score_margins(fwd: MarginForward, rows: list[list[int]], answer: list, wrong: list, scoring: str = FIRST_TOKEN,
+                  ablation: SlotAblation | None = None, row_slots: list[list[str]] | None = None) -> np.ndarray:
+    """Margins of ``rows`` by ``scoring`` (``first_token``: ``answer``/``wrong`` are token ids;
+    ``full_answer``: token-id lists), under ``ablation`` of ``row_slots`` when given."""
+    if scoring == FIRST_TOKEN:
+        if ablation is None:
+            return fwd.margins(rows, answer, wrong)
+        with ablation.ablating(row_slots):
+            return fwd.margins(rows, answer, wrong)
+    if scoring != FULL_ANSWER:
+        raise CaptureError(f"answer_tokenization {scoring!r} is not supported")
+    n = len(rows)
+    both, targets = list(rows) + list(rows), list(answer) + list(wrong)
+    if ablation is None:
+        lp = fwd.logprobs(both, targets)
+    else:
+        with ablation.ablating(list(row_slots) * 2, tails=[len(t) - 1 for t in targets]):
+            lp = fwd.logprobs(both, targets)
+    return lp[:n] - lp[n:]
+
+
+def ablated_margins(fwd: MarginForward, ablation: SlotAblation, rows: list[list[int]], answer: list,
+                    wrong: list, conditions: list[list[str]], stack: int, scoring: str = FIRST_TOKEN) -> np.ndarray:
     """Margins of ``rows`` under each condition (a list of slot labels ablated together): ``[C, len(rows)]``.
 
     ``stack`` conditions share one forward (their rows concatenated); the result does not depend on
-    it beyond floating-point reassociation.
+    it beyond floating-point reassociation. ``answer``/``wrong`` as :func:`score_margins` reads them.
     """
     out = np.empty((len(conditions), len(rows)))
     for start in range(0, len(conditions), stack):
         group = conditions[start:start + stack]
         row_slots = [labels for labels in group for _ in rows]
-        with ablation.ablating(row_slots):
-            m = fwd.margins(rows * len(group), answer * len(group), wrong * len(group))
+        m = score_margins(fwd, rows * len(group), answer * len(group), wrong * len(group), scoring, ablation, row_slots)
         out[start:start + len(group)] = m.reshape(len(group), len(rows))
     return out
 
@@ -186,6 +275,8 @@ class Setup:
     slots: list[Slot]
     stack: int
     batch_size: int
+    scoring: str = FIRST_TOKEN   # ablation.answer_tokenization
+    kind: str = MEAN             # ablation.kind: the all-slot baseline's replacement
 
 
 @dataclass
@@ -222,7 +313,7 @@ def setup(frozen, source, identity: dict, overrides: dict, device_map, options: 
             hint="the LxxHyy labels must name slots of this model's slot table (see capture/slots.py); amend the study")
     batch_size = int(overrides.get("batch_size", spec["runtime"].get("batch_size", 1)))
     stack = int(options.get("slots_per_forward") or max(1, DEFAULT_STACK_ROWS // batch_size))
-    return Setup(ld, slots, stack, batch_size)
+    return Setup(ld, slots, stack, batch_size, spec["ablation"]["answer_tokenization"], spec["ablation"]["kind"])
 
 
 def prepare(frozen, st: Setup, overrides: dict) -> None:
@@ -257,16 +348,18 @@ def _encode(frozen, st: Setup) -> tuple[list[dict], list[list[int]]]:
             unknown.append(p["id"])
         if limit is not None and max(len(clean), len(corrupted)) > limit:
             too_long.append(p["id"])
-        pairs.append({**p, "clean_ids": list(clean), "corrupted_ids": list(corrupted), "answer_ids": answer, "wrong_ids": wrong})
+        pairs.append({**p, "clean_ids": list(clean), "corrupted_ids": list(corrupted), "answer_ids": answer, "wrong_ids": wrong,
+                      "answer_pieces": [st.ld.tok.decode([i]) for i in answer],
+                      "wrong_pieces": [st.ld.tok.decode([i]) for i in wrong]})
     if unknown:
         raise CaptureError(f"the tokenizer maps the first token of the answer or wrong answer of {unknown} to its unknown token",
                            hint="fix the answers (an amendment); a margin against the unknown token means nothing")
     if too_long:
         raise CaptureError(f"pair(s) {too_long} are longer than the model's context", hint="shorten them (an amendment)")
-    if ablation["answer_tokenization"] != "first_token":
+    if ablation["answer_tokenization"] not in MARGIN_DEFINITIONS:
         raise CaptureError(f"answer_tokenization {ablation['answer_tokenization']!r} is not supported")
     reference = []
-    if ablation["kind"] == "mean":
+    if MEAN in ablation_kinds(ablation):
         for p in sorted(frozen.prompts_in(split=ablation["reference_split"]), key=lambda p: p["id"]):
             text = p.get("text") or p.get("clean")
             reference.append(list(st.ld.tok(runtime.render(st.ld.tok, text, rt), add_special_tokens=False).input_ids))
@@ -275,12 +368,33 @@ def _encode(frozen, st: Setup) -> tuple[list[dict], list[list[int]]]:
     return pairs, reference
 
 
-def _exclusion_rules(frozen) -> dict[str, tuple[str, str]]:
-    """rule -> (exclusion id, action) for the two rules capture applies."""
+def ablation_kinds(ablation: dict) -> list[str]:
+    """The plan's ablation kind, then each sensitivity kind: the ``kind`` values of ablations.parquet."""
+    return [ablation["kind"]] + [k for k in ablation.get("sensitivity_kinds", []) if k != ablation["kind"]]
+
+
+def _answers(pairs: list[dict], scoring: str, key: str) -> list:
+    """Each pair's answer (``key`` answer_ids / wrong_ids) as :func:`score_margins` reads it under ``scoring``."""
+    return [p[key][0] for p in pairs] if scoring == FIRST_TOKEN else [list(p[key]) for p in pairs]
+
+
+def _shares_first_token(pair: dict, scoring: str) -> bool:
+    """Rule ``shared_first_token``: the margin is identically 0 (first tokens equal, or, under
+    full-answer scoring, the whole tokenisations equal)."""
+    if scoring == FIRST_TOKEN:
+        return pair["answer_ids"][0] == pair["wrong_ids"][0]
+    return list(pair["answer_ids"]) == list(pair["wrong_ids"])
+
+
+CAPTURE_RULES = ("shared_first_token", "multi_token_answer", "nonpositive_clean_margin")
+
+
+def _exclusion_rules(frozen) -> dict[str, tuple[str, str, set[str] | None]]:
+    """rule -> (exclusion id, action, classes it applies to or None for all) for the rules capture applies."""
     out = {}
     for x in frozen.spec.get("exclusions", []):
-        if x["rule"] in ("shared_first_token", "nonpositive_clean_margin"):
-            out[x["rule"]] = (x["id"], x.get("action", "exclude"))
+        if x["rule"] in CAPTURE_RULES:
+            out[x["rule"]] = (x["id"], x.get("action", "exclude"), set(x["classes"]) if "classes" in x else None)
     return out
 
 
@@ -314,72 +428,92 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _reference_means(st: Setup, fwd: MarginForward, reference: list[list[int]], positions: int,
+                     batch_size: int) -> tuple[dict[str, torch.Tensor], pa.Table, int]:
+    """Every slot's mean over the reference prompts (per position from the end when ``positions`` > 0), the
+    reference_means table, and the number of reference tokens."""
+    acc = SlotMeans(st.ld.model, st.slots, positions)
+    for chunk in _batches(reference, batch_size):
+        _, mask, _ = fwd.batch(chunk)
+        with acc.recording(mask):
+            fwd.run(chunk)
+    means = acc.means()
+    rows = []
+    for s in st.slots:
+        table = means[s.label].reshape(positions + 1, -1)
+        rows += [{"slot": s.label, "layer": s.layer, "head": s.head, "layer_type": s.layer_type, "module": s.module,
+                  "position": k, "n_tokens": acc.counts[k], "mean": table[k].tolist()} for k in range(positions + 1)]
+    return means, pa.Table.from_pylist(rows, schema=MEANS_SCHEMA), acc.n_tokens
+
+
 def _prepare(frozen, st: Setup, fwd: MarginForward, pairs: list[dict], reference: list[list[int]],
              batch_size: int, stack: int, progress) -> _Prep:
     ablation_spec = frozen.spec["ablation"]
+    scoring = ablation_spec["answer_tokenization"]
     rules = _exclusion_rules(frozen)
     excluded: dict[str, str] = {}
     flagged: dict[str, list[str]] = {p["id"]: [] for p in pairs}
 
+    classes = {p["id"]: p["class"] for p in pairs}
+
     def apply(rule: str, pair_ids: list[str]) -> None:
         if rule not in rules:
             return
-        xid, action = rules[rule]
+        xid, action, only = rules[rule]
         for pid in pair_ids:
+            if only is not None and classes[pid] not in only:
+                continue
             (excluded.setdefault(pid, xid) if action == "exclude" else flagged[pid].append(xid))
 
-    apply("shared_first_token", [p["id"] for p in pairs if p["answer_ids"][0] == p["wrong_ids"][0]])
-    means = None
-    means_table = None
-    if ablation_spec["kind"] == "mean":
-        acc = SlotMeans(st.ld.model, st.slots)
-        for chunk in _batches(reference, batch_size):
-            _, mask, _ = fwd.batch(chunk)
-            with acc.recording(mask):
-                fwd.run(chunk)
-        means = acc.means()
-        means_table = pa.Table.from_pylist([
-            {"slot": s.label, "layer": s.layer, "head": s.head, "layer_type": s.layer_type, "module": s.module,
-             "n_tokens": acc.n_tokens, "mean": means[s.label].tolist()} for s in st.slots], schema=MEANS_SCHEMA)
-    abl = SlotAblation(st.ld.model, st.slots, means)
+    apply("shared_first_token", [p["id"] for p in pairs if _shares_first_token(p, scoring)])
+    apply("multi_token_answer", [p["id"] for p in pairs if len(p["answer_ids"]) > 1 or len(p["wrong_ids"]) > 1])
+    kinds = ablation_kinds(ablation_spec)
+    means, means_table, reference_tokens = None, None, 0
+    if MEAN in kinds:
+        means, means_table, reference_tokens = _reference_means(st, fwd, reference,
+                                                                int(ablation_spec.get("per_position_means", 0)), batch_size)
     live = [p for p in pairs if p["id"] not in excluded]
     base_clean, base_corrupted = {}, {}
     for chunk in _batches(live, batch_size):
-        a, b = [p["answer_ids"][0] for p in chunk], [p["wrong_ids"][0] for p in chunk]
-        for pid, m in zip([p["id"] for p in chunk], fwd.margins([p["clean_ids"] for p in chunk], a, b)):
+        a, b = _answers(chunk, scoring, "answer_ids"), _answers(chunk, scoring, "wrong_ids")
+        for pid, m in zip([p["id"] for p in chunk], score_margins(fwd, [p["clean_ids"] for p in chunk], a, b, scoring)):
             base_clean[pid] = float(m)
-        for pid, m in zip([p["id"] for p in chunk], fwd.margins([p["corrupted_ids"] for p in chunk], a, b)):
+        for pid, m in zip([p["id"] for p in chunk], score_margins(fwd, [p["corrupted_ids"] for p in chunk], a, b, scoring)):
             base_corrupted[pid] = float(m)
     apply("nonpositive_clean_margin", [p["id"] for p in live if base_clean[p["id"]] <= 0])
     live = [p for p in pairs if p["id"] not in excluded]
     conditions = targeted_conditions(frozen)
     rows = []
-    progress(f"targeted ablations ({len(conditions)} conditions, {len(live)} pairs)")
-    for chunk in _batches(live, batch_size):
-        a, b = [p["answer_ids"][0] for p in chunk], [p["wrong_ids"][0] for p in chunk]
-        labels = [c[1] for c in conditions]
-        clean = ablated_margins(fwd, abl, [p["clean_ids"] for p in chunk], a, b, labels, stack)
-        corrupted = ablated_margins(fwd, abl, [p["corrupted_ids"] for p in chunk], a, b, labels, stack)
-        for c, (mode, slots) in enumerate(conditions):
-            for r, p in enumerate(chunk):
-                bc, bk = base_clean[p["id"]], base_corrupted[p["id"]]
-                rows.append({"pair_id": p["id"], "mode": mode, "target": condition_key(slots), "n_slots": len(slots),
-                             "baseline_clean_margin": bc, "ablated_clean_margin": float(clean[c, r]),
-                             "clean_drop": bc - float(clean[c, r]), "baseline_corrupted_margin": bk,
-                             "ablated_corrupted_margin": float(corrupted[c, r]),
-                             "corrupted_drop": bk - float(corrupted[c, r])})
-    rows.sort(key=lambda r: (r["mode"], r["target"], r["pair_id"]))
+    progress(f"targeted ablations ({len(conditions)} conditions x {len(kinds)} kind(s), {len(live)} pairs)")
+    for kind in kinds:
+        abl = SlotAblation(st.ld.model, st.slots, means if kind == MEAN else None)
+        for chunk in _batches(live, batch_size):
+            a, b = _answers(chunk, scoring, "answer_ids"), _answers(chunk, scoring, "wrong_ids")
+            labels = [c[1] for c in conditions]
+            clean = ablated_margins(fwd, abl, [p["clean_ids"] for p in chunk], a, b, labels, stack, scoring)
+            corrupted = ablated_margins(fwd, abl, [p["corrupted_ids"] for p in chunk], a, b, labels, stack, scoring)
+            for c, (mode, slots) in enumerate(conditions):
+                for r, p in enumerate(chunk):
+                    bc, bk = base_clean[p["id"]], base_corrupted[p["id"]]
+                    rows.append({"pair_id": p["id"], "kind": kind, "mode": mode, "target": condition_key(slots),
+                                 "n_slots": len(slots), "baseline_clean_margin": bc,
+                                 "ablated_clean_margin": float(clean[c, r]), "clean_drop": bc - float(clean[c, r]),
+                                 "baseline_corrupted_margin": bk, "ablated_corrupted_margin": float(corrupted[c, r]),
+                                 "corrupted_drop": bk - float(corrupted[c, r])})
+    order = {k: i for i, k in enumerate(kinds)}
+    rows.sort(key=lambda r: (order[r["kind"]], r["mode"], r["target"], r["pair_id"]))
     pair_rows = [{
         "pair_id": p["id"], "class": p["class"], "split": p["split"], "clean": p["clean"], "corrupted": p["corrupted"],
         "answer": p["answer"], "wrong_answer": p["wrong_answer"], "clean_token_ids": p["clean_ids"],
         "corrupted_token_ids": p["corrupted_ids"], "answer_token_id": p["answer_ids"][0],
         "wrong_token_id": p["wrong_ids"][0], "answer_n_tokens": len(p["answer_ids"]),
-        "wrong_n_tokens": len(p["wrong_ids"]), "baseline_clean_margin": base_clean.get(p["id"]),
+        "wrong_n_tokens": len(p["wrong_ids"]), "answer_token_ids": list(p["answer_ids"]),
+        "wrong_token_ids": list(p["wrong_ids"]), "answer_tokens": p["answer_pieces"], "wrong_tokens": p["wrong_pieces"],
+        "baseline_clean_margin": base_clean.get(p["id"]),
         "baseline_corrupted_margin": base_corrupted.get(p["id"]), "excluded": p["id"] in excluded,
         "excluded_by": excluded.get(p["id"]), "flagged_by": flagged[p["id"]]} for p in pairs]
-    info = {"reference_tokens": 0 if means is None else int(means_table["n_tokens"][0].as_py()),
-            "reference_texts": len(reference), "conditions": [{"mode": m, "target": condition_key(s), "slots": s}
-                                                               for m, s in conditions]}
+    info = {"reference_tokens": reference_tokens, "reference_texts": len(reference), "kinds": kinds,
+            "conditions": [{"mode": m, "target": condition_key(s), "slots": s} for m, s in conditions]}
     return _Prep(pa.Table.from_pylist(pair_rows, schema=PAIRS_SCHEMA),
                  pa.Table.from_pylist(rows, schema=ABLATIONS_SCHEMA), means_table, info)
 
@@ -415,9 +549,13 @@ def _load_prep(store: RunStore) -> _Prep | None:
 
 
 def _means_of(table: pa.Table | None) -> dict[str, torch.Tensor] | None:
+    """``label -> [K + 1, width]`` from reference_means.parquet (rows in position order per slot)."""
     if table is None:
         return None
-    return {s: torch.tensor(m, dtype=torch.float32) for s, m in zip(table["slot"].to_pylist(), table["mean"].to_pylist())}
+    rows: dict[str, dict[int, list[float]]] = {}
+    for slot, k, mean in zip(table["slot"].to_pylist(), table["position"].to_pylist(), table["mean"].to_pylist()):
+        rows.setdefault(slot, {})[k] = mean
+    return {s: torch.tensor([by[k] for k in sorted(by)], dtype=torch.float32) for s, by in rows.items()}
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -450,8 +588,13 @@ def _baseline_batches(prep: _Prep, batch_size: int) -> list[list[dict]]:
 
 def baseline_batch(st: Setup, fwd: MarginForward, abl: SlotAblation, chunk: list[dict], stack: int) -> pa.Table:
     """Every slot ablated alone on one batch of pairs (rows of pairs.parquet): the long baseline table."""
-    a, w = [p["answer_token_id"] for p in chunk], [p["wrong_token_id"] for p in chunk]
-    ablated = ablated_margins(fwd, abl, [p["clean_token_ids"] for p in chunk], a, w, [[s.label] for s in st.slots], stack)
+    scoring = st.scoring
+    if scoring == FIRST_TOKEN:
+        a, w = [p["answer_token_id"] for p in chunk], [p["wrong_token_id"] for p in chunk]
+    else:
+        a, w = [list(p["answer_token_ids"]) for p in chunk], [list(p["wrong_token_ids"]) for p in chunk]
+    ablated = ablated_margins(fwd, abl, [p["clean_token_ids"] for p in chunk], a, w, [[s.label] for s in st.slots], stack,
+                              scoring)
     rows = {"pair_id": [], "slot": [], "layer": [], "head": [], "layer_type": [], "ablated_margin": [], "drop": []}
     for r, p in enumerate(chunk):
         for j, s in enumerate(st.slots):
@@ -465,7 +608,7 @@ def baseline_batch(st: Setup, fwd: MarginForward, abl: SlotAblation, chunk: list
 def _capture_baseline(st: Setup, fwd: MarginForward, prep: _Prep, store: RunStore, batch_size: int, stack: int,
                       say) -> dict[str, float]:
     """The all-slot baseline, one shard per batch of pairs (skipping shards already on disk); returns its cost."""
-    abl = SlotAblation(st.ld.model, st.slots, _means_of(prep.means))
+    abl = SlotAblation(st.ld.model, st.slots, _means_of(prep.means) if st.kind == MEAN else None)
     batches = _baseline_batches(prep, batch_size)
     done = store.done_batches()
     seconds, forwards = 0.0, 0
@@ -507,6 +650,8 @@ def exclusion_summary(frozen, pairs: pa.Table) -> tuple[list[dict], list[str]]:
             by_class[r["class"]] = by_class.get(r["class"], 0) + 1
         out.append({"id": x["id"], "rule": x["rule"], "action": x.get("action", "exclude"),
                     "pairs": sorted(r["pair_id"] for r in hit), "by_class": dict(sorted(by_class.items()))})
+        if "classes" in x:
+            out[-1]["classes"] = sorted(x["classes"])
         if hit:
             verb = "excluded" if x.get("action", "exclude") == "exclude" else "flagged"
             classes = ", ".join(f"{k} {v}" for k, v in sorted(by_class.items()))
@@ -528,12 +673,13 @@ def _manifest(frozen, run, st: Setup, prep: _Prep, config: dict, cost: dict, fwd
     per_second = cost["baseline"]["forwards"] / cost["baseline"]["seconds"] if cost["baseline"]["seconds"] else None
     return {
         **runtime.base_manifest(frozen, run, st.ld, config, started, deviations),
-        "ablation": frozen.spec["ablation"], "margin": MARGIN_DEFINITION,
+        "ablation": frozen.spec["ablation"], "margin": MARGIN_DEFINITIONS[st.scoring], "kinds": prep.info["kinds"],
         "slot_summary": slot_summary(st.slots), "slot_table": [s.to_dict() for s in st.slots],
         "slot_table_sha256": config["slot_table_sha256"], "targets": targets,
         "conditions": prep.info["conditions"],
         "reference": {"split": frozen.spec["ablation"].get("reference_split"), "texts": prep.info["reference_texts"],
-                      "tokens": prep.info["reference_tokens"]},
+                      "tokens": prep.info["reference_tokens"],
+                      "per_position_means": int(frozen.spec["ablation"].get("per_position_means", 0))},
         "exclusions": exclusions, "warnings": warnings, "slots_per_forward": config["slots_per_forward"],
         # finish_reason null: nothing is generated in the ablation design (the run-manifest schema asks for it)
         "prompts": {r["pair_id"]: {"finish_reason": None, "class": r["class"], "excluded_by": r["excluded_by"]}

@@ -187,7 +187,9 @@ def _run_config(frozen, run, st: Setup, work: dict, deviations) -> dict[str, Any
     return {
         **runtime.base_run_config(frozen, run, st.ld, work["batch_size"], deviations),
         "max_new_tokens": work["max_new_tokens"], "trim_tokens": sorted(st.trim.values()),
-        "stop_ids": sorted(st.stop), "near_tie_tolerance": float(cap.get("near_tie_tolerance", 1e-5)),
+        "stop_at": frozen.spec["runtime"].get("stop_at", "eos"),
+        "stop_ids": sorted(st.stop) if frozen.spec["runtime"].get("stop_at", "eos") == "eos" else [],
+        "near_tie_tolerance": float(cap.get("near_tie_tolerance", 1e-5)),
         "near_tie_tolerance_in_force": _tie_tolerance(float(cap.get("near_tie_tolerance", 1e-5)), st.ld.dtype),
         "residual_layers": sorted(int(x) for x in cap.get("residual_layers", []) or []),
         "prompt_ids": [p["id"] for p in work["prompts"]],
@@ -202,7 +204,7 @@ def _manifest(frozen, run, st: Setup, store: RunStore, config, n_batches, starte
         "moe_layers": [{"layer": s.layer, "name": s.name, "family": s.spec.family, "n_experts": s.spec.n_experts,
                         "top_k": s.spec.top_k} for s in st.sites],
         "skipped_layers": st.skipped,
-        "max_new_tokens": config["max_new_tokens"], "trim_tokens": config["trim_tokens"],
+        "max_new_tokens": config["max_new_tokens"], "trim_tokens": config["trim_tokens"], "stop_at": config["stop_at"],
         "near_tie_tolerance": config["near_tie_tolerance"], "residual_layers": config["residual_layers"],
         "near_tie_rule": NEAR_TIE_RULE, "near_tie_tolerance_in_force": config["near_tie_tolerance_in_force"],
         "prompts": dict(sorted(prompts.items())),
@@ -217,10 +219,41 @@ def _manifest(frozen, run, st: Setup, store: RunStore, config, n_batches, starte
     }
 
 
+def batch_invariance(st: Setup, batches: list[list[dict]], decoding: Decoding, n: int, max_new_tokens: int,
+                     stop: set[int]) -> dict[str, Any]:
+    """Greedy output of the first batches covering ``n`` prompts, decoded one prompt at a time and in the
+    batches capture runs: identical token ids, or the prompts that differ and where they first diverge.
+
+    Left padding and a batch's other rows change the floating-point path of a forward (kernels pick
+    their blocking by shape), so greedy decoding can flip a near-tied argmax; the journal's method reads
+    greedy output as deterministic, which this check makes a recorded fact instead of an assumption.
+    """
+    covered, checked = [], 0
+    for batch in batches:
+        if checked >= n:
+            break
+        covered.append(batch)
+        checked += len(batch)
+    differing = []
+    for batch in covered:
+        together = decode_batch(st.ld.model, [p["ids"] for p in batch], [p["id"] for p in batch], decoding=decoding,
+                                max_new_tokens=max_new_tokens, stop_ids=stop, trim_ids=set(st.trim), pad_id=st.ld.pad_id)
+        for p, row in zip(batch, together.rows):
+            alone = decode_batch(st.ld.model, [p["ids"]], [p["id"]], decoding=decoding, max_new_tokens=max_new_tokens,
+                                 stop_ids=stop, trim_ids=set(st.trim), pad_id=st.ld.pad_id).rows[0]
+            if alone.generated != row.generated:
+                at = next((j for j, (x, y) in enumerate(zip(alone.generated, row.generated)) if x != y),
+                          min(len(alone.generated), len(row.generated)))
+                differing.append({"prompt_id": p["id"], "first_divergence": at})
+    return {"prompts_checked": checked, "batch_size": max((len(b) for b in covered), default=0),
+            "identical": not differing, "differing": differing}
+
+
 def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, progress, deviations) -> bool:
     """Capture one run's missing batches; merge when all are done and no shard was asked. True if complete."""
     prompts, batch_size, max_new_tokens = work["prompts"], work["batch_size"], work["max_new_tokens"]
     config = _run_config(frozen, run, st, work, deviations)
+    stop = set(config["stop_ids"])
     started = utc_now()
     store.bind(config)
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
@@ -238,7 +271,7 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
                 batch = batches[b]
                 recorder.start_batch(len(batch))
                 dec = decode_batch(st.ld.model, [p["ids"] for p in batch], [p["id"] for p in batch], decoding=decoding,
-                                   max_new_tokens=max_new_tokens, stop_ids=st.stop, trim_ids=set(st.trim),
+                                   max_new_tokens=max_new_tokens, stop_ids=stop, trim_ids=set(st.trim),
                                    pad_id=st.ld.pad_id, recorder=recorder)
                 tables, arrays, info = _batch_tables(batch, dec, recorder.finish_batch(), st)
                 store.write_batch(b, tables, arrays, info)
@@ -247,6 +280,16 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
         bar.close()
     if shard is not None or len(store.done_batches()) < len(batches):
         return False
+    manifest = _manifest(frozen, run, st, store, config, len(batches), started, deviations)
+    check = int(frozen.spec["runtime"].get("batch_invariance_check", 0) or 0)
+    if check and decoding.mode == "greedy":
+        manifest["batch_invariance"] = batch_invariance(st, batches, decoding, check, max_new_tokens, stop)
+        if not manifest["batch_invariance"]["identical"]:
+            diff = manifest["batch_invariance"]["differing"]
+            manifest.setdefault("warnings", []).append(
+                f"greedy output differs between batch size 1 and {batch_size} for {len(diff)} of "
+                f"{manifest['batch_invariance']['prompts_checked']} checked prompts ({', '.join(d['prompt_id'] for d in diff)}): "
+                "greedy decoding is not batch-invariant on this runtime")
     store.merge(len(batches), config["residual_layers"])
-    store.finish(_manifest(frozen, run, st, store, config, len(batches), started, deviations))
+    store.finish(manifest)
     return True

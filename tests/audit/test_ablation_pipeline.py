@@ -4,6 +4,7 @@ tables by independent code (numpy, scipy.stats, pandas)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,9 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from scipy import stats as sps
 
-from studyrepo import commit_all, copy_study, git
+from studyrepo import commit_all, copy_study, git, make_writable
 
 LOCKSTEP = [sys.executable, "-m", "lockstep"]
 COMBINED = "L1H1+L2H1+L3H2"
@@ -171,3 +173,149 @@ def test_captured_tables_changed_after_capture_are_refused(planted, tmp_path):
     result = lockstep("audit", "preregistrations/demo-ablation", cwd=repo, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "ablations.parquet differs from the file the capture recorded" in result.stderr
+
+
+# -- the review's features on an edited copy of demo-ablation ---------------------------------------------------
+
+FEATURES = "demo-ablation-features"
+
+
+def _with_features(study: Path) -> None:
+    """demo-ablation with full-answer scoring (head-001's wrong answer made two tokens, flagged by X3), a
+    template-position reference (last position), a zero-ablation sensitivity arm, X2 scoped to headline
+    pairs, the stopping rule as a structured minimum, a control-adjusted all-slot baseline (H6) and an
+    analysis of the zero arm (H7)."""
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    spec["study_id"] = FEATURES
+    spec["ablation"].update({"answer_tokenization": "full_answer", "per_position_means": 1,
+                             "sensitivity_kinds": ["zero"],
+                             "min_pairs_after_exclusions": {"headline": 20, "control": 8}})
+    spec["exclusions"][1]["classes"] = ["headline"]
+    spec["exclusions"].append({"id": "X3", "rule": "multi_token_answer", "action": "flag",
+                               "description": "Answers longer than one token are flagged."})
+    base = {"metric": "margin_drop", "run": "forward", "split": "heldout", "pairs": "headline", "tails": "greater"}
+    spec["analyses"] += [
+        {"id": "B5", "kind": "all_unit_baseline", "mode": "individual", "control": "control", "correction": "maxT_stepdown",
+         "family": "all_units", **base},
+        {"id": "B6", "kind": "ablation_drop", "mode": "combined", "targets": ["L3H2", "L1H1", "L2H1"], "ablation_kind": "zero",
+         "test": "paired_sign_flip", "correction": "none", **base}]
+    spec["hypotheses"] += [
+        {"id": "H6", "claim": "Net of the control drops, L3H2 ranks at most max_target_rank among all slots, with a max-T "
+                              "step-down adjusted p below alpha.", "direction": "greater", "kind": "exploratory",
+         "analysis": "B5", "thresholds": ["alpha", "max_target_rank"], "evidence_type": "intervention"},
+        {"id": "H7", "claim": "Zero-ablating the combined set (L3H2, L1H1, L2H1) reduces the mean headline margin.",
+         "direction": "greater", "kind": "exploratory", "analysis": "B6", "thresholds": ["alpha"],
+         "evidence_type": "intervention"}]
+    for file, text in (("study.yaml", yaml.safe_dump(spec, sort_keys=False)),):
+        make_writable(study / file)
+        (study / file).write_text(text)
+    prompts = [json.loads(line) for line in (study / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    for p in prompts:
+        if p["id"] == "head-001":
+            p["wrong_answer"] = " tolv pesk"
+    make_writable(study / "prompts.jsonl")
+    (study / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("features") / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    _with_features(copy_study("demo-ablation", repo, as_name=FEATURES))
+    commit_all(repo, "add study")
+    lockstep("prereg", f"preregistrations/{FEATURES}", cwd=repo)
+    commit_all(repo, "freeze")
+    lockstep("capture", f"preregistrations/{FEATURES}", "--no-progress", cwd=repo)
+    lockstep("label", f"preregistrations/{FEATURES}", cwd=repo)
+    lockstep("audit", f"preregistrations/{FEATURES}", cwd=repo)
+    return repo
+
+
+def test_full_answer_scoring_and_the_tokenisation_in_pairs(features, planted):
+    pairs = run_table(features, FEATURES, "pairs.parquet").set_index("pair_id")
+    first = run_table(planted[0], "demo-ablation", "pairs.parquet").set_index("pair_id")
+    row = pairs.loc["head-001"]
+    assert row["wrong_n_tokens"] == len(row["wrong_token_ids"]) == 2 and list(row["wrong_tokens"]) == ["tolv", "pesk"]
+    assert row["wrong_token_ids"][0] == row["wrong_token_id"] == first.loc["head-001", "wrong_token_id"]
+    assert all(list(r["answer_token_ids"]) == [r["answer_token_id"]] for _, r in pairs.iterrows())
+    assert list(row["flagged_by"]) == ["X3"] and not row["excluded"]
+    manifest = json.loads((features / "runs" / FEATURES / "forward" / "manifest.json").read_text())
+    by_id = {x["id"]: x for x in manifest["exclusions"]}
+    assert by_id["X3"]["pairs"] == ["head-001"] and by_id["X3"]["action"] == "flag"
+    assert by_id["X2"]["classes"] == ["headline"] and "control" not in by_id["X2"]["by_class"]
+    # single-token answers: the summed log-probability margin is the first-token logit difference
+    others = pairs.index.drop("head-001")
+    np.testing.assert_allclose(pairs.loc[others, "baseline_clean_margin"], first.loc[others, "baseline_clean_margin"], atol=1e-4)
+    # a second wrong-answer token only lowers log p(wrong answer): the margin grows
+    assert row["baseline_clean_margin"] > first.loc["head-001", "baseline_clean_margin"] + 1e-3
+
+
+def test_position_means_and_the_zero_arm(features):
+    means = run_table(features, FEATURES, "reference_means.parquet")
+    reference = [json.loads(line) for line in (features / "preregistrations" / FEATURES / "prompts.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "reference"]
+    assert len(means) == 32 and set(means["position"]) == {0, 1}
+    assert set(means.loc[means["position"] == 1, "n_tokens"]) == {len(reference)}  # one last token per reference prompt
+    abl = run_table(features, FEATURES, "ablations.parquet")
+    assert set(abl["kind"]) == {"mean", "zero"}
+    found = claims(features, FEATURES)
+    zero = drops(features, FEATURES, COMBINED, "headline")
+    zero = zero[zero["kind"] == "zero"]["clean_drop"].to_numpy()
+    assert found["H7"]["numbers"]["mean_drop"] == pytest.approx(zero.mean(), rel=1e-12)
+    assert found["H7"]["numbers"]["ablation_kind"] == "zero" and found["H1"]["numbers"]["ablation_kind"] == "mean"
+    meaned = drops(features, FEATURES, COMBINED, "headline")
+    meaned = meaned[meaned["kind"] == "mean"]["clean_drop"].to_numpy()
+    assert found["H1"]["numbers"]["mean_drop"] == pytest.approx(meaned.mean(), rel=1e-12)
+    assert np.max(np.abs(zero - meaned)) > 1e-3
+
+
+def test_descriptive_arms_and_the_stopping_rule_counts(features):
+    found = claims(features, FEATURES)
+    numbers = found["H1"]["numbers"]
+    d = drops(features, FEATURES, COMBINED, "headline")
+    d = d[d["kind"] == "mean"]
+    assert numbers["baseline_margin_median"] == pytest.approx(np.median(d["baseline_clean_margin"]), rel=1e-12)
+    assert numbers["baseline_margin_q25"] == pytest.approx(np.quantile(d["baseline_clean_margin"], 0.25), rel=1e-12)
+    assert numbers["corrupted_mean_drop"] == pytest.approx(d["corrupted_drop"].mean(), rel=1e-12)
+    assert numbers["corrupted_mean_ablated_margin"] == pytest.approx(d["ablated_corrupted_margin"].mean(), rel=1e-12)
+    assert numbers["analysed_pairs_headline"] == len(d) and numbers["min_pairs_headline"] == 20
+    assert numbers["stopping_rule_met"] is True
+    c = drops(features, FEATURES, COMBINED, "control")
+    c = c[c["kind"] == "mean"]
+    spec = found["H3"]["numbers"]
+    assert spec["control_relative_drop"] == pytest.approx(c["clean_drop"].mean() / c["baseline_clean_margin"].mean(), rel=1e-12)
+    assert spec["relative_drop"] == pytest.approx(d["clean_drop"].mean() / d["baseline_clean_margin"].mean(), rel=1e-12)
+    table = pd.read_parquet(features / "reports" / FEATURES / "tables" / "ablation_pairs.parquet")
+    assert {"corrupted_baseline_margin", "corrupted_ablated_margin", "corrupted_drop"} <= set(table.columns)
+
+
+def test_control_adjusted_baseline_against_scipy_and_pandas(features):
+    numbers = claims(features, FEATURES)["H6"]["numbers"]
+    pairs = run_table(features, FEATURES, "pairs.parquet")
+    kept = pairs[~pairs["excluded"]]
+    base = run_table(features, FEATURES, "baseline.parquet")
+    head = base[base["pair_id"].isin(kept.loc[kept["class"] == "headline", "pair_id"])]
+    ctrl = base[base["pair_id"].isin(kept.loc[kept["class"] == "control", "pair_id"])]
+    welch = sps.ttest_ind(head.loc[head["slot"] == "L3H2", "drop"], ctrl.loc[ctrl["slot"] == "L3H2", "drop"],
+                          equal_var=False).statistic  # scipy.stats.ttest_ind(equal_var=False)
+    assert numbers["target_statistic"] == pytest.approx(welch, rel=1e-9) and numbers["statistic"] == "welch_t"
+    adjusted = head.groupby("slot")["drop"].mean() - ctrl.groupby("slot")["drop"].mean()
+    assert numbers["L3H2_rank_adjusted_drop"] == adjusted.rank(ascending=False, method="max")["L3H2"]
+    assert numbers["L3H2_rank_headline_drop"] == head.groupby("slot")["drop"].mean().rank(ascending=False, method="max")["L3H2"]
+    assert numbers["null"] == "equal_means" and numbers["family_size"] == 16
+    assert claims(features, FEATURES)["H6"]["status"] == "held"
+
+
+def test_an_unmet_stopping_rule_makes_every_claim_not_established(features):
+    from audit.ledger import compute
+    from lockstep.gate import require_frozen
+
+    frozen = require_frozen(features / "preregistrations" / FEATURES)
+    spec = json.loads(json.dumps(frozen.spec))
+    spec["ablation"]["min_pairs_after_exclusions"] = {"headline": 20, "control": 13}  # 12 control pairs exist
+    ledger_, _ = compute(dataclasses.replace(frozen, spec=spec))
+    for claim in ledger_["claims"]:
+        assert claim["status"] == "not_established", claim["hypothesis"]
+        assert "stopping_rule_unmet" in claim["warning_codes"]
+        assert claim["numbers"]["analysed_pairs_control"] == 12 and claim["numbers"]["stopping_rule_met"] is False

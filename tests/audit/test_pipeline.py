@@ -4,6 +4,7 @@ in real git repositories; labels before scores; tampering; post-hoc amendments; 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -158,13 +159,25 @@ def test_an_amendment_after_scores_is_flagged_post_hoc(scratch):
     assert "POST-HOC amendment(s) ['001']" in verify.stdout
 
 
-def test_review_approves_exactly_the_reviewed_content(scratch):
+def test_review_approves_exactly_the_reviewed_content(scratch, tmp_path):
     assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"pending_review"}
-    lockstep("review", "preregistrations/demo", "--approve", "--reviewer", "A. Reviewer", cwd=scratch)
+    key = tmp_path / "reviewer"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    allowed = scratch / "preregistrations/demo/witness/allowed_signers"
+    allowed.parent.mkdir(parents=True, exist_ok=True)
+    allowed.write_text("reviewer " + " ".join(key.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    # an unsigned approval is not an approval: verify and the ledger say so
+    unsigned = lockstep("review", "preregistrations/demo", "--approve", "--reviewer", "reviewer", cwd=scratch)
+    assert "is unsigned, so it is not an approval" in unsigned.stderr
+    lockstep("audit", "preregistrations/demo", cwd=scratch)
+    assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"pending_review"}
+    assert "NOT an approval" in lockstep("verify", "preregistrations/demo", cwd=scratch).stdout
+    lockstep("review", "preregistrations/demo", "--approve", "--reviewer", "reviewer", "--sign-key", key, cwd=scratch)
     entry = json.loads((scratch / "preregistrations/demo/JOURNAL.jsonl").read_text().splitlines()[-1])
-    assert entry["stage"] == "review" and entry["details"]["reviewer"] == "A. Reviewer"
-    lockstep("audit", "preregistrations/demo", cwd=scratch)  # same data, same content: still approved
+    assert entry["stage"] == "review" and entry["details"]["reviewer"] == "reviewer"
+    lockstep("audit", "preregistrations/demo", cwd=scratch)  # same data, same content: approved by the signed review
     assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"approved"}
+    assert "approval by reviewer (entry" in lockstep("verify", "preregistrations/demo", cwd=scratch).stdout
     study = scratch / "preregistrations/demo"
     lockstep("amend", study, "--replace", "thresholds.yaml", "--reason", "stricter d", "--seen", "scores_seen", cwd=scratch)
     path = study / "amendments/001/thresholds.yaml"
@@ -179,6 +192,7 @@ def test_ablation_study_stops_at_weights_not_found(repo):
     copy_study("l31h14-ablation", repo)
     commit_all(repo)
     lockstep("prereg", "preregistrations/l31h14-ablation", cwd=repo)
+    commit_all(repo, "freeze")  # capture refuses an uncommitted lock before it looks for weights
     result = lockstep("capture", "preregistrations/l31h14-ablation", cwd=repo, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
@@ -188,5 +202,105 @@ def test_e114_stops_at_weights_not_found(repo):
     copy_study("e114-register", repo)
     commit_all(repo)
     lockstep("prereg", "preregistrations/e114-register", cwd=repo)
+    commit_all(repo, "freeze")  # capture refuses an uncommitted lock before it looks for weights
     result = lockstep("capture", "preregistrations/e114-register", cwd=repo, check=False)
     assert result.returncode == 3 and "capture not run: weights not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_ledger_shown_approved_without_a_signed_approval_fails_verify(scratch):
+    from audit.chain import verify_approvals
+    from audit.ledger import content_digest
+    from lockstep.journal import append_entry
+    from lockstep.lock import current_lock_digest
+    from lockstep.verify import STEPS, exit_code_of, make_context, run_steps
+
+    study = scratch / "preregistrations/demo"
+    path = scratch / "reports/demo/ledger.json"
+    data = json.loads(path.read_text())
+    for item in data["claims"] + data["runs"]:
+        item["review_status"] = "approved"  # the forger edits the ledger and appends an unsigned approval of it
+    path.write_text(json.dumps(data))
+    append_entry(study, "review", inputs={}, outputs={}, access_level="scores_seen", lock_digest=current_lock_digest(study),
+                 details={"decision": "approve", "reviewer": "A. Reviewer", "note": "", "ledger_digest": content_digest(data)})
+    results = run_steps(make_context(study), list(STEPS) + [verify_approvals])
+    assert exit_code_of(results) == 1
+    assert "shows claims as approved, but no signed approval" in results[-1].message and "is unsigned" in results[-1].message
+
+
+# ---------------------------------------------------------------- the report agrees with the ledger (issue 14)
+
+
+def _report_crossing_expected(repo: Path) -> set[str]:
+    """Crossing read from the captured files by its definition: the frozen rubric's label is not the register
+    the prompt's class was built to elicit (FIRE -> inner, NOFIRE -> outer); heldout prompts with a trimmed zone."""
+    run = repo / "runs" / "demo" / "sampled"
+    texts = pd.read_parquet(run / "texts.parquet", columns=["prompt_id", "class", "split", "n_trimmed"])
+    labels = pd.read_parquet(run / "labels.parquet", columns=["prompt_id", "label"])
+    prompts = texts.merge(labels, on="prompt_id")
+    prompts = prompts[(prompts["split"] == "heldout") & (prompts["n_trimmed"] > 0)]
+    return set(prompts.loc[(prompts["class"] == "FIRE") != (prompts["label"] == "inner"), "prompt_id"])
+
+
+def test_crossing_is_one_definition_in_tables_ledger_and_report(planted):
+    repo, _ = planted
+    report = repo / "reports" / "demo"
+    expected = _report_crossing_expected(repo)
+    assert expected
+    tv = pd.read_parquet(report / "tables" / "target_values.parquet")
+    a1 = tv[tv["analysis_id"] == "A1"]
+    assert set(a1.loc[a1["crosses"], "prompt_id"]) == expected
+    numbers = {c["hypothesis"]: c["numbers"] for c in ledger(repo, "demo")["claims"]}
+    assert set(numbers["H1"]["crossing_prompts"].split(", ")) == expected
+    assert set(numbers["H4"]["crossing_prompts"].split(", ")) == expected  # register_vs_class: the same prompts
+    cr = pd.read_parquet(report / "tables" / "class_register.parquet")
+    assert set(cr["prompt_class"]) == {"FIRE", "NOFIRE"} and set(cr["register_label"]) == {"inner", "outer"}
+    assert {(r.prompt_class, r.register_label) for r in cr[cr["crosses"]].itertuples()} == {("FIRE", "outer"), ("NOFIRE", "inner")}
+    html = (report / "report.html").read_text()
+    figure = html[html.index('<figure id="fig-strip-A1"'):]
+    figure = figure[:figure.index("</figure>")]
+    assert set(re.findall(r'id="fig-strip-A1-p0-cross-ring-([^"]+)"', figure)) == expected
+
+
+def test_report_first_screen_and_ledger_md_read_the_study(planted):
+    from audit.ledger import content_digest
+    from audit.report import study_context
+    from lockstep.gate import require_frozen
+
+    repo, _ = planted
+    report = repo / "reports" / "demo"
+    manifest = json.loads((repo / "runs" / "demo" / "sampled" / "manifest.json").read_text())
+    html = (report / "report.html").read_text()
+    first = html[html.index('id="first-screen"'):html.index("</header>")]
+    for fact in (manifest["model"]["id"], manifest["model"]["revision"], manifest["model"]["weights_sha256"],
+                 "seed 1234", "rule <strong>X1</strong>", "<code>fire-03</code>", "captured once", 'id="evidence-level"',
+                 "No reviewer has approved this ledger"):
+        assert fact in first, fact
+    frozen = require_frozen(repo / "preregistrations" / "demo")
+    context = study_context(frozen, content_digest(ledger(repo, "demo")))
+    assert [len(r["captures"]) for r in context.runs] == [len(frozen.journal.captures_of(r)) for r in ("sampled", "greedy")]
+    assert {(x["run"], x["rule"], tuple(x["ids"])) for x in context.exclusions} == {("sampled", "X1", ("fire-03",))}
+    text = (report / "ledger.md").read_text()
+    assert "## Criteria and evidence standard, per claim" in text
+    for claim in ledger(repo, "demo")["claims"]:
+        assert f"### {claim['hypothesis']}: {claim['status']}" in text
+        assert all(f"| `{c['name']}` |" in text for c in claim["criteria"])
+        assert all(f"| {p['point']} | {p['name']} |" in text for p in claim["evidence_standard"])
+
+
+def test_a_writeup_is_checked_against_the_ledger(planted, tmp_path):
+    """A write-up drafted from the demo ledger traces; the same with one number altered is refused, naming it."""
+    repo = planted[0]
+    cited = lockstep("cite", "preregistrations/demo", "--claim", "H1", cwd=repo).stdout.strip()
+    h1 = next(c for c in ledger(repo, "demo")["claims"] if c["hypothesis"] == "H1")
+    mean_a, mean_b = h1["numbers"]["mean_a"], h1["numbers"]["mean_b"]
+    text = f"{cited}\n\nFIRE {mean_a:.4f} vs NOFIRE {mean_b:.4f}: {mean_a:.4f} / {mean_b:.4f} = {mean_a / mean_b:.3f}.\n"
+    good = tmp_path / "writeup.md"
+    good.write_text(text)
+    assert lockstep("check-writeup", "preregistrations/demo", good, cwd=repo).returncode == 0
+    ratio = f"{h1['numbers']['ratio']:.4g}"
+    bad = tmp_path / "altered.md"
+    bad.write_text(text.replace(f"ratio {ratio}", "ratio 9.999"))
+    result = lockstep("check-writeup", "preregistrations/demo", bad, "--json", cwd=repo, check=False)
+    assert result.returncode == 1
+    out = json.loads(result.stdout)
+    assert out["study_id"] == "demo" and [u["number"] for u in out["untraceable"]] == ["9.999"]

@@ -35,7 +35,7 @@ def _run(w: np.ndarray, s: np.ndarray, n_a: int) -> RunData:
 
 
 def _frozen(target="L0E0"):
-    return SimpleNamespace(spec={"units": {"targets": [{"id": target, "layer": 0, "expert": 0}]}})
+    return SimpleNamespace(spec={"units": {"targets": [{"id": target, "layer": 0, "expert": 0}]}}, rubric={"target_label": "inner"})
 
 
 def _spec(kind, **extra):
@@ -159,3 +159,107 @@ def test_a_claim_about_means_on_groups_of_different_shape_is_warned():
                                                        lambda _: run, SETTINGS)
     assert "not_exchangeable" not in {w.code for w in equal_means.warnings}
     assert equal_means.numbers["null"] == "equal_means" and "bootstrap p" in equal_means.primary_text
+
+
+def test_a_preregistered_ratio_floor_makes_a_zero_denominator_finite():
+    """Prefill W of an expert NOFIRE never selects: mean 0. Unfloored, the ratio is infinite (and 0/0 is
+    NaN, which no criterion decides on); with ratio_floor f it is max(mean_a, f) / max(mean_b, f)."""
+    fire = np.array([0.02, 0.04, 0.03, 0.05, 0.01, 0.03])
+    w = np.r_[fire, np.zeros(6)][:, None].repeat(2, axis=1)
+    s = np.where(w > 0, 0.5, 0.0)
+    run = _run(w, s, 6)
+    raw = analysis_for("routing", "two_group")(_frozen(), _spec("two_group", unit="L0E0", tails="two-sided"), lambda _: run, SETTINGS)
+    assert raw.quantities["ratio"] == np.inf
+    floored = analysis_for("routing", "two_group")(_frozen(), _spec("two_group", unit="L0E0", tails="two-sided", ratio_floor=0.01),
+                                                   lambda _: run, SETTINGS)
+    assert np.isclose(floored.quantities["ratio"], fire.mean() / 0.01)  # 0.03 / 0.01 = 3
+    assert floored.numbers["ratio_unfloored"] == np.inf and floored.numbers["ratio_floor"] == 0.01
+    both_zero = _run(np.zeros((12, 2)), np.zeros((12, 2)), 6)
+    flat = analysis_for("routing", "two_group")(_frozen(), _spec("two_group", unit="L0E1", tails="two-sided", ratio_floor=0.01),
+                                                lambda _: both_zero, SETTINGS)
+    assert flat.not_established or flat.quantities["ratio"] == 1.0
+
+
+def test_other_language_is_fewer_than_half_ascii_words():
+    from audit.designs.routing import other_language
+
+    assert other_language("我 觉得 很 安静 and")            # 4 of 5 alphabetic words are not ASCII
+    assert not other_language("The cache is warm 很")         # 1 of 5
+    assert not other_language("A café with a naïve résumé")    # 3 of 6 ASCII: not fewer than half
+    assert other_language("Café au lait, naïve résumé")        # 2 of 5 ASCII
+    assert not other_language("12 + 30 = 42")                 # no alphabetic word: not judged
+
+
+def _frozen_with(*rules):
+    frozen = _frozen()
+    frozen.spec["exclusions"] = [{"id": f"X{i + 2}", "description": r[0], "rule": r[0], "action": r[1]} for i, r in enumerate(rules)]
+    frozen.analyses = []
+    return frozen
+
+
+def test_preregistered_exclusion_rules_leave_out_or_flag_what_they_say():
+    """X2 no_trim_token flagged (kept, with a sensitivity result without them); X3 other_language excluded:
+    n and the comparison follow, and each is named with its count per class."""
+    rng = np.random.default_rng(3)
+    w = np.r_[rng.normal(0.5, 0.1, 8), rng.normal(0.2, 0.1, 8)].clip(0.01)[:, None].repeat(2, axis=1)
+    run = _run(w, np.full_like(w, 0.5), 8)
+    run.prompts["no_trim_token"] = [True, True] + [False] * 13 + [True]
+    run.prompts["other_language"] = [False] * 7 + [True, True] + [False] * 7
+    frozen = _frozen_with(("no_trim_token", "flag"), ("other_language", "exclude"))
+    out = analysis_for("routing", "two_group")(frozen, _spec("two_group", unit="L0E0", tails="greater"), lambda _: run, SETTINGS)
+    assert (out.numbers["n_a"], out.numbers["n_b"]) == (7, 7)                     # p07 (FIRE), p08 (NOFIRE) excluded
+    codes = {w.code: w.message for w in out.warnings}
+    assert "X3 (other_language) excluded 2 prompt(s) (FIRE 1, NOFIRE 1)" in codes["excluded"]
+    assert "X2 (no_trim_token) flags 3 prompt(s) (FIRE 2, NOFIRE 1)" in codes["flagged"]
+    # the sensitivity result is the same test on the 11 unflagged prompts: against scipy's Welch t direction
+    kept = [i for i in range(16) if i not in (0, 1, 15, 7, 8)]
+    a, b = w[[i for i in kept if i < 8], 0], w[[i for i in kept if i >= 8], 0]
+    assert out.numbers["n_without_X2"] == len(kept)
+    assert np.isclose(out.numbers["ratio_without_X2"], a.mean() / b.mean())
+    # rules about generations do not touch a prefill analysis, except other_language on register groupings
+    from audit.designs.routing import _applies
+
+    rules = frozen.spec["exclusions"]
+    assert not any(_applies(r, _spec("two_group", zone="prefill")) for r in rules)
+    by_register = _spec("two_group", zone="prefill", groups={"by": "register_label", "a": "inner", "b": "outer"})
+    assert [r["rule"] for r in rules if _applies(r, by_register)] == ["other_language"]
+
+
+def test_register_vs_class_uses_the_preregistered_standard_errors():
+    """cov_type HC3 reaches statsmodels: the register coefficient's interval is the HC3 one."""
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(11)
+    n = 24
+    cls = np.array(["FIRE"] * 12 + ["NOFIRE"] * 12)
+    reg = np.array((["inner"] * 9 + ["outer"] * 3) + (["inner"] * 4 + ["outer"] * 8))
+    w = (0.3 * (reg == "inner") + 0.1 * (cls == "FIRE") + rng.normal(0, 1, n) * np.where(reg == "inner", 0.2, 0.02)).clip(0)
+    run = _run(w[:, None].repeat(2, axis=1), np.full((n, 2), 0.5), 12)
+    run.prompts["register_label"] = reg
+    frozen = _frozen()
+    for cov in ("nonrobust", "HC3"):
+        spec = ROUTING.resolve_analysis({"id": "A", "kind": "register_vs_class", "unit": "L0E0", "metric": "W", "zone": "trimmed",
+                                         "run": "sampled", "classes": {"a": "FIRE", "b": "NOFIRE"},
+                                         "register": {"target": "inner", "other": "outer"}, "cov_type": cov}, {})
+        out = analysis_for("routing", "register_vs_class")(frozen, spec, lambda _: run, SETTINGS)
+        frame = pd.DataFrame({"w": w, "register": (reg == "inner").astype(float), "prompt_class": (cls == "FIRE").astype(float)})
+        fit = smf.ols("w ~ register + prompt_class", frame).fit(cov_type=cov)
+        low, high = fit.conf_int().loc["register"]
+        assert np.isclose(out.numbers["register_ci_low"], low, rtol=1e-6) and np.isclose(out.numbers["register_ci_high"], high, rtol=1e-6)
+
+
+def test_the_sampling_plan_minimum_after_exclusions_is_enforced():
+    """8 FIRE prompts, one excluded (other_language): a plan minimum of 8 FIRE makes the claim not_established
+    with the count; a minimum of 7 is met."""
+    rng = np.random.default_rng(8)
+    w = np.r_[rng.normal(0.5, 0.1, 8), rng.normal(0.2, 0.1, 8)].clip(0.01)[:, None].repeat(2, axis=1)
+    run = _run(w, np.full_like(w, 0.5), 8)
+    run.prompts["other_language"] = [True] + [False] * 15
+    spec = _spec("two_group", unit="L0E0", tails="greater")
+    for minimum, established in ((8, False), (7, True)):
+        frozen = _frozen_with(("other_language", "exclude"))
+        frozen.spec["sampling_plan"] = {"min_after_exclusions": {"FIRE": minimum, "NOFIRE": 8}}
+        out = analysis_for("routing", "two_group")(frozen, spec, lambda _: run, SETTINGS)
+        assert (out.not_established is None) == established, out.not_established
+        if not established:
+            assert "FIRE 7 < 8" in out.not_established and "min_after_exclusions" in out.not_established

@@ -111,6 +111,20 @@ def test_none_expected_holds_without_separation_and_falls_with_it():
     assert decide(h, steep, THRESHOLDS | {"max_prefill_ratio": 2.0}, ROUTING).status == "fell"
 
 
+
+@pytest.mark.parametrize("quantities", [{"cohen_d": -2.8}, {"cohen_d": 2.8}, {"ratio": 0.1}, {"ratio": 10.0}])
+def test_no_separation_bounds_the_size_of_the_effect_either_way(quantities):
+    """An underpowered test that fails to reject (p 0.2) does not make a large effect the other way
+    'no separation': the equivalence bound is on |d| (and on max(r, 1/r) for a ratio)."""
+    h = hypothesis("L1E5 shows no separation between FIRE and NOFIRE.", ("alpha", "max_cohen_d", "max_ratio"), "none_expected")
+    observed = {"cohen_d": 0.1, "ratio": 1.05} | quantities
+    o = outcome(p=0.2, passed=False, **observed)
+    verdict = decide(h, o, THRESHOLDS | {"max_cohen_d": 0.5, "max_ratio": 1.5}, ROUTING)
+    assert verdict.status == "fell", verdict.reason
+    small = decide(h, outcome(p=0.2, passed=False, cohen_d=-0.3, ratio=0.8), THRESHOLDS | {"max_cohen_d": 0.5, "max_ratio": 1.5}, ROUTING)
+    assert small.status == "held", small.reason
+
+
 @pytest.mark.parametrize("claim, code", [
     # a "not" elsewhere in the sentence does not cover the phrase (both were held before the fix)
     ("L1E5 activity is not lexical but reflects the model's feelings about the prompt.", "mental_state"),
@@ -135,3 +149,44 @@ def test_spill_in_the_scored_zone_makes_a_passing_claim_partly_held():
     out.warnings.append(Flag("spill_in_zone", "61 token(s) of 6 prompt(s) spilled into the generated zone"))
     verdict = decide(hypothesis("L1E5 carries more W on FIRE prompts in generated text."), out, THRESHOLDS, ROUTING)
     assert verdict.status == "partly_held" and "spilled" in verdict.reason
+
+
+def _points(**met):
+    """Evidence-standard entries as the ledger writes them, with ``met`` per point (default met)."""
+    from audit.verdicts import EVIDENCE_POINTS
+
+    return [{"point": n, "name": name, "met": met.get(f"p{n}", True), "fact": f"fact {n}",
+             "caps": "unsupported" if n == 8 else ("partly_held" if n in ROUTING.capping_points else None)}
+            for n, name in EVIDENCE_POINTS]
+
+
+def test_an_unmet_capping_point_makes_a_held_claim_partly_held():
+    from audit.verdicts import cap_by_evidence
+
+    held = decide(hypothesis(), outcome(), THRESHOLDS, ROUTING)
+    capped = cap_by_evidence(held, _points(p1=False))
+    assert capped.status == "partly_held" and "evidence point 1 (generation-side" in capped.reason
+    assert "evidence_point_1" in capped.codes
+    # a point another analysis establishes (4: register vs class, 5: reproduction, 7: W/S/Q) is recorded, not capping
+    assert cap_by_evidence(held, _points(p4=False, p5=False, p7=False)).status == "held"
+    # a claim that fell stays fell
+    fell = decide(hypothesis(), outcome(p=0.4, passed=False), THRESHOLDS, ROUTING)
+    assert cap_by_evidence(fell, _points(p1=False, p3=False)).status == "fell"
+
+
+def test_a_criterion_on_an_undefined_quantity_is_not_decided():
+    """A 0/0 ratio (prefill W of an expert never selected in either class) is NaN: neither held nor fell."""
+    h = hypothesis("Prefill W does not separate FIRE from NOFIRE.", ("alpha", "max_prefill_ratio"), "none_expected")
+    verdict = decide(h, outcome(p=0.9, passed=False, prefill_ratio=float("nan")), THRESHOLDS | {"max_prefill_ratio": 2.0}, ROUTING)
+    assert verdict.status == "not_established" and "ratio_floor" in verdict.reason
+    # an infinite ratio (NOFIRE mean 0, FIRE mean above it) is defined: a max bound is broken, a min bound met
+    assert decide(h, outcome(p=0.9, passed=False, prefill_ratio=float("inf")), THRESHOLDS | {"max_prefill_ratio": 2.0},
+                  ROUTING).status == "fell"
+    assert decide(hypothesis(), outcome(ratio=float("inf")), THRESHOLDS, ROUTING).status == "held"
+
+
+def test_a_bound_on_a_quantity_the_analysis_did_not_compute_is_not_passed():
+    h = hypothesis(thresholds=("alpha", "max_target_rank_upper"))
+    verdict = decide(h, outcome(), THRESHOLDS | {"max_target_rank_upper": 3}, ROUTING)
+    assert verdict.status == "not_established" and "max_target_rank_upper cannot be checked" in verdict.reason
+    assert "max_target_rank_upper" not in verdict.parameters

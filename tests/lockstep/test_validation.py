@@ -68,7 +68,7 @@ def test_unknown_key_names_the_pointer_and_the_allowed_keys(demo):
     [problem] = _problems(demo)
     assert problem.startswith("study.yaml:")
     assert "/runtime: Additional properties are not allowed ('temprature' was unexpected)" in problem
-    assert "allowed keys: batch_size" in problem
+    assert "allowed keys: batch_invariance_check, batch_size, chat_template" in problem
 
 
 def test_wrong_type_says_what_was_expected(demo):
