@@ -74,15 +74,24 @@ def audit(study_dir: Path) -> None:
 
 @click.command()
 @STUDY_DIR
-@click.option("--approve", is_flag=True, required=True, help="Sign off the current ledger.")
+@click.option("--approve", is_flag=True, help="Sign off the current ledger.")
+@click.option("--reject", is_flag=True, help="Record that the current ledger is not approved (say why in --note).")
 @click.option("--reviewer", required=True, help="Name of the reviewer, recorded in the journal.")
-@click.option("--note", default="", help="What the reviewer checked.")
+@click.option("--note", default="", help="What the reviewer checked (for --reject: why not).")
 @signs_new_entries
-def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
-    """Record a named reviewer's approval of the current ledger in the journal.
+def review(study_dir: Path, approve: bool, reject: bool, reviewer: str, note: str) -> None:
+    """Record a named reviewer's approval, or rejection, of the current ledger in the journal.
 
     An approval counts only when signed (--sign-key) by the reviewer it names, listed in the allowed signers.
+    A rejection is recorded and shown in the report; the claims stay pending_review.
+    Exit 0 recorded, 2 usage (neither or both of --approve/--reject; --reject without --note).
     """
+    from lockstep.errors import UsageError
+
+    if approve == reject:
+        raise UsageError("say --approve or --reject", hint="a review records one decision about the current ledger")
+    if reject and not note.strip():
+        raise UsageError("--reject needs --note saying why", hint="e.g. --note 'H2 rests on a baseline with a dropped unit'")
     import json
 
     from lockstep import artifacts
@@ -102,8 +111,11 @@ def review(study_dir: Path, approve: bool, reviewer: str, note: str) -> None:
     check_audited(frozen, ledger)  # a reviewer approves the ledger the audit wrote, nothing else
     rel = artifacts.repo_relative(ledger, frozen.repo_root)
     append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)}, outputs={}, access_level="scores_seen",
-                 lock_digest=frozen.lock_digest, details={"decision": "approve", "reviewer": reviewer, "note": note,
-                          "ledger_digest": content_digest(json.loads(ledger.read_text()))})
+                 lock_digest=frozen.lock_digest, details={"decision": "approve" if approve else "reject", "reviewer": reviewer,
+                                                          "note": note, "ledger_digest": content_digest(json.loads(ledger.read_text()))})
+    if reject:
+        click.echo(f"{frozen.study_id}: rejection by {reviewer} recorded ({note}); the claims stay pending_review")
+        return
     click.echo(f"{frozen.study_id}: approval by {reviewer} recorded; signed by {reviewer} (an allowed signer), it counts: "
                f"run `make audit STUDY={frozen.study_id}` to print the ledger as approved")
 

@@ -26,7 +26,10 @@ from .analyses import Outcome
 
 _MENTAL = re.compile(r"\b(conscious(ness)?|sentien(t|ce)|subjective|qualia|experienc(e|es|ing)|feel(s|ing|ings)?|"
                      r"self[- ]recogni(tion|zes?|ses?)|recogni[sz]es? itself|aware(ness)?|suffer(s|ing)?|inner life|emotions?)\b", re.I)
-_CAUSAL = re.compile(r"\b(caus(e|es|ed|al|ally)|necessary|responsible for|drives?|controls?|the mechanism)\b", re.I)
+# "control" is a causal verb only with an object ("controls the register", "controls whether ..."); as a noun
+# ("matched NOFIRE controls", "lexical controls") it names a comparison group, and the lint leaves it alone
+_CAUSAL = re.compile(r"\b(caus(e|es|ed|al|ally)|necessary|responsible for|drives?|controls?(?=\s+(the|its|their|his|her|what|"
+                     r"which|whether|how|when|generation|output|routing)\b)|controlled by|the mechanism)\b", re.I)
 # A negation covers a phrase only when it stands right before it: at most three words between, none of
 # them turning the clause ("not subjective experience", "rather than the model's feelings"; but not
 # "is not lexical but reflects the model's feelings" or "is not a bystander: it drives").

@@ -43,20 +43,70 @@ def cli() -> None:
     """
 
 
+def scope_warnings(study) -> list[str]:
+    """Claims whose words ask for more than their evidence type gives: the audit will call them unsupported
+    whatever the data say (the scope lint of audit/verdicts.py), so a researcher hears it before freezing."""
+    from audit.verdicts import scope_lint
+
+    out = []
+    for hyp in study.spec["hypotheses"]:
+        for flag in scope_lint(hyp["claim"], study.design_record, hyp.get("evidence_type")):
+            out.append(f"{hyp['id']} will be unsupported at audit whatever the data: its claim {flag.message}")
+    return out
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--design", type=click.Choice(["routing", "ablation"]), required=True, help="The study's design.")
+@click.option("--under", type=click.Path(path_type=Path), default=Path("preregistrations"), show_default=True,
+              help="The folder the study goes in.")
+def new(name: str, design: str, under: Path) -> None:
+    """Start a study: a commented template that validates, every field to write marked FILL."""
+    from .scaffold import new_study
+
+    folder = new_study(under, name, design)
+    click.echo(f"{folder}: new {design} study; write every line marked FILL, then `lockstep validate {folder}`, "
+               f"commit it, and `lockstep prereg {folder}`")
+
+
 @cli.command()
 @STUDY_DIR
-def validate(study_dir: Path) -> None:
-    """Check a study against the schemas and the cross-file rules; report every problem at once."""
-    from .lock import effective_files, study_dir_iv
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (study id and lock digest at the top).")
+def validate(study_dir: Path, as_json: bool) -> None:
+    """Check a study against the schemas and the cross-file rules; report every problem at once.
+
+    Exit 0 valid, 1 invalid (every problem listed), 2 not a study folder."""
+    import json
+
+    from .errors import SchemaError
+    from .lock import LOCK, effective_files, study_dir_iv
     from .study import PILOT_FILE, load_study
 
     folder = study_dir_iv(study_dir)
-    study = load_study(folder, effective_files(folder))
+    lock = folder / LOCK
+    digest = json.loads(lock.read_text()).get("lock_digest") if lock.is_file() else None
+    try:
+        study = load_study(folder, effective_files(folder))
+    except SchemaError as exc:
+        if not as_json:
+            raise
+        click.echo(json.dumps({"study_id": folder.name, "lock_digest": digest, "valid": False,
+                               "problems": [{"file": p.file, "line": p.line, "pointer": p.pointer, "message": p.message}
+                                            for p in exc.problems]}, indent=2))
+        raise SystemExit(exc.exit_code) from None
     pilot = folder / PILOT_FILE
     checked = sum(1 for line in pilot.read_text(encoding="utf-8").splitlines() if line.strip()) if pilot.is_file() else 0
+    warnings = scope_warnings(study)
+    if as_json:
+        click.echo(json.dumps({"study_id": study.study_id, "lock_digest": digest, "valid": True, "design": study.design,
+                               "prompts": len(study.prompts), "hypotheses": len(study.spec["hypotheses"]),
+                               "pilot_texts": checked, "warnings": warnings}, indent=2))
+        return
     click.echo(f"{study_dir}: valid {study.design} study {study.study_id!r} "
                f"({len(study.prompts)} prompts, {len(study.spec['hypotheses'])} hypotheses"
                + (f"; rubric pilot: {checked} texts labelled as expected)" if checked else ")"))
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 @cli.command()
@@ -66,8 +116,14 @@ def validate(study_dir: Path) -> None:
 def prereg(study_dir: Path, allow_dirty: bool) -> None:
     """Validate and freeze a study: write prereg.lock.json, SHA256SUMS and the journal's first entry."""
     from .freeze import freeze
+    from .lock import effective_files, study_dir_iv
+    from .study import load_study
 
-    result = freeze(study_dir, allow_dirty=allow_dirty)
+    folder = study_dir_iv(study_dir)
+    result = freeze(folder, allow_dirty=allow_dirty)
+    if result.status != "already_frozen":
+        for line in scope_warnings(load_study(folder, effective_files(folder))):
+            click.echo(f"warning: {line}", err=True)
     if result.note:
         click.echo(f"{study_dir}: {result.note}")
     if result.status == "already_frozen":

@@ -168,6 +168,13 @@ def _finish_interrupted_freeze(study_dir: Path, root: Path, journal) -> FreezeRe
 
 def _already_frozen(study_dir: Path, lock_path: Path) -> FreezeResult:
     body = read_lock(lock_path)
+    if body.get("study_id") != study_dir.name:
+        raise LockMismatch(
+            f"{lock_path} is the lock of study {body.get('study_id')!r}, not of {study_dir.name!r}: the folder was copied "
+            "from another study with its lock, journal and read-only files",
+            hint=f"to start a new study here, remove the copied freeze (rm -f {study_dir}/{LOCK} {study_dir}/{SUMS} "
+                 f"{study_dir}/JOURNAL.* && chmod u+w {study_dir}/*) and set study_id, or start from a template: "
+                 f"`lockstep new NAME --design routing|ablation`")
     diffs = file_differences(study_dir, body["files"])
     if diffs:
         raise LockMismatch(

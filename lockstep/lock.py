@@ -25,8 +25,18 @@ AMENDMENT_FILE = "amendment.yaml"
 
 
 def study_dir_iv(study_dir: Path) -> Path:
-    """Resolve ``study_dir`` and check it is a study folder (UsageError otherwise)."""
+    """Resolve ``study_dir`` and check it is a study folder (UsageError otherwise).
+
+    A bare name (``demo``) that is not a folder here names ``preregistrations/<name>`` in this folder or
+    the nearest one above it that has it, as ``make ... STUDY=<name>`` does.
+    """
     path = Path(study_dir)
+    if not path.exists() and len(path.parts) == 1:
+        here = Path.cwd().resolve()
+        for base in (here, *here.parents):
+            if (base / "preregistrations" / path.name / "study.yaml").is_file():
+                path = base / "preregistrations" / path.name
+                break
     if not path.exists():
         raise UsageError(f"{path} does not exist", hint="give the path of a study folder, e.g. preregistrations/demo")
     if not path.is_dir():

@@ -188,6 +188,20 @@ def test_review_approves_exactly_the_reviewed_content(scratch, tmp_path):
     assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"pending_review"}
 
 
+def test_a_reviewer_can_reject_and_the_claims_stay_pending(scratch):
+    refused = lockstep("review", "preregistrations/demo", "--reject", "--reviewer", "rita", cwd=scratch, check=False)
+    assert refused.returncode == 2 and "--reject needs --note" in refused.stderr
+    assert lockstep("review", "preregistrations/demo", "--reviewer", "rita", cwd=scratch, check=False).returncode == 2
+    lockstep("review", "preregistrations/demo", "--reject", "--reviewer", "rita", "--note", "H4 needs the contrast", cwd=scratch)
+    entry = json.loads((scratch / "preregistrations/demo/JOURNAL.jsonl").read_text().splitlines()[-1])
+    assert entry["details"]["decision"] == "reject" and entry["details"]["note"] == "H4 needs the contrast"
+    lockstep("audit", "preregistrations/demo", cwd=scratch)
+    assert {c["review_status"] for c in ledger(scratch, "demo")["claims"]} == {"pending_review"}
+    page = (scratch / "reports/demo/report.html").read_text()
+    assert "rita" in page and "reject" in page
+    assert lockstep("verify", "preregistrations/demo", cwd=scratch, check=False).returncode == 0
+
+
 def test_ablation_study_stops_at_weights_not_found(repo):
     copy_study("l31h14-ablation", repo)
     commit_all(repo)

@@ -190,3 +190,14 @@ def test_a_bound_on_a_quantity_the_analysis_did_not_compute_is_not_passed():
     verdict = decide(h, outcome(), THRESHOLDS | {"max_target_rank_upper": 3}, ROUTING)
     assert verdict.status == "not_established" and "max_target_rank_upper cannot be checked" in verdict.reason
     assert "max_target_rank_upper" not in verdict.parameters
+
+
+@pytest.mark.parametrize("claim, unsupported", [
+    ("L1E5 carries more W on FIRE prompts than on matched NOFIRE controls.", False),
+    ("The separation survives lexical controls in trimmed text.", False),
+    ("L1E5 controls the register of the continuation.", True),
+    ("The register is controlled by L1E5.", True),
+])
+def test_control_as_a_noun_is_not_a_causal_claim(claim, unsupported):
+    verdict = decide(hypothesis(claim), outcome(), THRESHOLDS, ROUTING)
+    assert (verdict.status == "unsupported") == unsupported, verdict.reason

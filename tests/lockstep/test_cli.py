@@ -104,3 +104,64 @@ def test_validate_reports_all_problems_and_exit_1(repo):
 def test_version_and_help():
     assert run("--version").stdout.startswith("lockstep, version")
     assert "verify" in run("--help").stdout
+
+
+def test_a_study_is_named_by_name_or_path_and_validate_speaks_json(demo_study):
+    repo = demo_study.parent.parent
+    by_name = run("validate", "demo", "--json", cwd=repo / "preregistrations")   # from a folder below the repo root
+    assert by_name.returncode == 0, by_name.stderr
+    out = json.loads(by_name.stdout)
+    assert out["study_id"] == "demo" and out["lock_digest"] is None and out["valid"] and out["warnings"] == []
+    assert run("prereg", "demo", cwd=repo).returncode == 0
+    frozen = json.loads(run("validate", "preregistrations/demo", "--json", cwd=repo).stdout)
+    assert frozen["lock_digest"] == json.loads((demo_study / "prereg.lock.json").read_text())["lock_digest"]
+    missing = run("validate", "nosuchstudy", cwd=repo)
+    assert_clean_error(missing, 2, "nosuchstudy does not exist")
+
+
+def test_validate_warns_of_a_claim_the_audit_will_call_unsupported(demo_study):
+    import yaml
+
+    path = demo_study / "study.yaml"
+    make_writable(path)
+    spec = yaml.safe_load(path.read_text())
+    spec["hypotheses"][3]["claim"] = "L1E5 tracks the register the model feels, rather than the prompt class."
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run("validate", demo_study)
+    assert result.returncode == 0   # a warning: the claim may stay, and the ledger will say unsupported
+    assert "warning: H4 will be unsupported at audit whatever the data" in result.stderr and "'feels'" in result.stderr
+    bad = json.loads(run("validate", demo_study, "--json").stdout)
+    assert len(bad["warnings"]) == 1
+    spec["alpha_typo"] = 1
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    invalid = run("validate", demo_study, "--json")
+    assert invalid.returncode == 1 and not json.loads(invalid.stdout)["valid"]
+    assert any("alpha_typo" in p["message"] for p in json.loads(invalid.stdout)["problems"])
+
+
+@pytest.mark.parametrize("design", ["routing", "ablation"])
+def test_a_new_study_validates_freezes_and_stops_at_missing_weights(repo, design):
+    """The first hour: `lockstep new`, then validate, commit, prereg, capture (no weights here: exit 3, the fix named)."""
+    made = run("new", "mystudy", "--design", design, cwd=repo)
+    assert made.returncode == 0 and "FILL" in made.stdout
+    study = repo / "preregistrations" / "mystudy"
+    assert "FILL:" in (study / "study.yaml").read_text()
+    assert run("validate", "mystudy", cwd=repo).returncode == 0
+    commit_all(repo, "start mystudy")
+    assert run("prereg", "mystudy", cwd=repo).returncode == 0
+    commit_all(repo, "freeze mystudy")
+    capture = run("capture", "mystudy", "--no-progress", cwd=repo)
+    assert_clean_error(capture, 3, "weights not found")
+    assert_clean_error(run("new", "mystudy", "--design", design, cwd=repo), 2, "already exists")
+
+
+def test_a_copied_frozen_study_is_recognised(demo_study):
+    """Copying a frozen demo copies its lock: prereg says whose lock it is, instead of 'files changed'."""
+    import shutil
+
+    repo = demo_study.parent.parent
+    assert run("prereg", demo_study).returncode == 0
+    copy = repo / "preregistrations" / "mine"
+    shutil.copytree(demo_study, copy)
+    result = run("prereg", copy)
+    assert_clean_error(result, 1, "is the lock of study 'demo', not of 'mine'", "lockstep new NAME")
