@@ -166,16 +166,25 @@ def run_agreements(frozen, run_ids) -> dict[str, Agreement]:
     return out
 
 
-def hold_on_agreement(claim: dict, analysis: dict, agreements: dict[str, Agreement]) -> dict:
-    """``claim`` (a ledger claim) held at ``not_established`` when its analysis decides on the register
-    labels of a run whose human/lexicon kappa is below the preregistered minimum; else unchanged."""
+def low_agreement(analysis: dict, agreements: dict[str, Agreement]) -> str | None:
+    """Why ``analysis`` cannot be decided on its runs' register labels (their human/lexicon kappa is below
+    the preregistered minimum), or None. The ledger hands such an analysis to its preregistered fallback."""
     if not reads_register_labels(analysis):
-        return claim
+        return None
     low = [r for r in (analysis.get("run"), *analysis.get("runs", ())) if r in agreements and not agreements[r].passed]
     if not low:
+        return None
+    return "register labels not corroborated (" + "; ".join(f"run {r}: {agreements[r].sentence()}" for r in low) + ")"
+
+
+def hold_on_agreement(claim: dict, analysis: dict, agreements: dict[str, Agreement]) -> dict:
+    """``claim`` (a ledger claim) held at ``not_established`` when its analysis decides on the register
+    labels of a run whose human/lexicon kappa is below the preregistered minimum; else unchanged. An
+    unsupported claim stays unsupported: its words ask too much whatever the labels."""
+    low = low_agreement(analysis, agreements)
+    if low is None or claim["status"] == "unsupported":
         return claim
-    why = "; ".join(f"run {r}: {agreements[r].sentence()}" for r in low)
-    warning = f"register labels not corroborated ({why}); the claim cannot be decided on them"
+    warning = f"{low}; the claim cannot be decided on them"
     return claim | {"status": "not_established",
                     "reason": f"{warning} (by its criteria alone: {claim['status']}: {claim['reason']})",
                     "warnings": [*claim["warnings"], warning], "warning_codes": [*claim.get("warning_codes", []), LOW_AGREEMENT]}

@@ -24,7 +24,7 @@ from lockstep.records import check_record, read_record, write_record
 
 from .analyses import Outcome, Settings, analysis_for
 from .data import load_run, run_dir_of
-from .label import annotate_run_cards, hold_on_agreement, run_agreements
+from .label import annotate_run_cards, hold_on_agreement, low_agreement, run_agreements
 from .designs import audit_design
 from .verdicts import cap_by_evidence, decide, evidence_standard
 
@@ -80,13 +80,15 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
     outcomes: dict[str, Outcome] = {}
     for analysis in frozen.analyses:
         outcomes[analysis["id"]] = analysis_for(frozen.design, analysis["kind"])(frozen, analysis, runs, settings)
+    agreements = run_agreements(frozen, cache)  # rubric human_arm: human vs lexicon kappa per run (audit/label.py)
     claims = []
     for hypothesis in frozen.spec["hypotheses"]:
         analysis = frozen.analysis(hypothesis["analysis"])
         outcome = outcomes[analysis["id"]]
         fell_back = None
-        if outcome.not_established and analysis.get("fallback"):  # the preregistered fallback decides
-            fell_back = (analysis["id"], outcome.not_established)
+        undecidable = outcome.not_established or low_agreement(analysis, agreements)
+        if undecidable and analysis.get("fallback"):  # the preregistered fallback decides
+            fell_back = (analysis["id"], undecidable)
             analysis = frozen.analysis(analysis["fallback"])
             outcome = outcomes[analysis["id"]]
         verdict = decide(hypothesis, outcome, frozen.thresholds, frozen.design_record)
@@ -105,7 +107,6 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
             "numbers": _clean(outcome.numbers), "warnings": [w.message for w in outcome.warnings],
             "warning_codes": [w.code for w in outcome.warnings], "analysis_spec": dict(sorted(analysis.items())),
         })
-    agreements = run_agreements(frozen, cache)  # rubric human_arm: human vs lexicon kappa per run (audit/label.py)
     claims = [hold_on_agreement(c, frozen.analysis(c["analysis"]), agreements) for c in claims]
     ledger = {
         "schema_version": artifacts.LEDGER_SCHEMA_VERSION, "study_id": frozen.study_id, "title": frozen.spec["title"], "design": frozen.design,

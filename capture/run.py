@@ -28,6 +28,7 @@ from lockstep.models import folder_identity
 
 from . import runtime
 from .designs import capture_design
+from .notices import library_output
 from .store import RunStore
 
 
@@ -63,7 +64,7 @@ def run_capture(
     allow_deviation: bool = False,
     runs_root: Path | None = None,
     shard: tuple[int, int] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     model_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
     device_map: str | None = None,
@@ -83,6 +84,10 @@ def run_capture(
         Where ``<study>/<run-id>/`` folders go; ``<repo>/runs`` by default.
     shard : (i, n), optional
         Capture only batches ``b % n == i`` and do not merge (designs whose record says ``shardable``).
+    progress : bool, optional
+        Draw progress bars on stderr; None (default): only when stderr is a terminal. Off also silences
+        transformers' and huggingface_hub's own bars. Their notices are never printed: each run manifest
+        records them as ``runtime_notices``.
     model_path : Path, optional
         A local folder with the weights, instead of the study's source.
     overrides : dict, optional
@@ -111,13 +116,15 @@ def run_capture(
     identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
     found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
     runtime.refuse_deviations(found, allow_deviation)
-    setup = module.setup(frozen, source, identity, overrides, runtime.resolve_device_map(frozen, device_map), options)
-    found = found + runtime.deviations(frozen, setup.ld.facts, overrides)
-    runtime.refuse_deviations(found, allow_deviation)
-    work = module.prepare(frozen, setup, overrides)
-    for run, store in zip(runs, stores):
-        if not store.is_complete():
-            module.capture_run(frozen, run, setup, work, store, shard=shard, progress=progress, deviations=found)
+    with library_output(progress) as notices:  # the libraries' notices go to the manifest, not among lockstep's lines
+        setup = module.setup(frozen, source, identity, overrides, runtime.resolve_device_map(frozen, device_map), options)
+        setup.ld.notices = notices  # the same list, still filling: each manifest records those seen by its end
+        found = found + runtime.deviations(frozen, setup.ld.facts, overrides)
+        runtime.refuse_deviations(found, allow_deviation)
+        work = module.prepare(frozen, setup, overrides)
+        for run, store in zip(runs, stores):
+            if not store.is_complete():
+                module.capture_run(frozen, run, setup, work, store, shard=shard, progress=progress, deviations=found)
     return [store.root for store in stores]
 
 

@@ -12,7 +12,7 @@ deviations, in which case each one is recorded in the run manifest.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,7 @@ class Loaded:
     dtype: str
     pad_id: int
     identity: dict[str, Any]  # lockstep.models.folder_identity of the folder loaded
+    notices: list[str] = field(default_factory=list)  # what transformers / huggingface_hub said (capture.notices)
 
 
 def resolve_device_map(frozen, requested: str | None) -> str | None:
@@ -311,6 +312,7 @@ def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str,
         },
         "tokenizer": {"loader": ld.tokenizer_loader, "template": ld.facts},
         "decoding": run, "batch_size": config["batch_size"], "deviations": deviations,
+        "runtime_notices": list(ld.notices),
         "versions": package_versions(), "machine": machine_facts(), "git": git_info(frozen.root), "started_utc": started,
         "finished_utc": utc_now(),
     }

@@ -278,6 +278,14 @@ def test_claims_on_flagged_register_labels_are_not_established():
     assert hold_on_agreement(claim, model, {"sampled": low, "greedy": good})["status"] == "not_established"
     assert hold_on_agreement(claim, by_class, {"sampled": low}) is claim      # the class grouping reads no label
     assert hold_on_agreement(claim, by_label, {"sampled": good}) is claim
+    # a claim whose words ask too much stays unsupported, whatever its labels
+    unsupported = claim | {"status": "unsupported"}
+    assert hold_on_agreement(unsupported, by_label, {"sampled": low}) is unsupported
+    # what the ledger reads to hand an analysis on flagged labels to its preregistered fallback
+    from audit.label import low_agreement
+
+    assert low_agreement(by_label, {"sampled": low}).startswith("register labels not corroborated (run sampled")
+    assert low_agreement(by_class, {"sampled": low}) is None and low_agreement(by_label, {"sampled": good}) is None
     cards = [{"run_id": "sampled", "status": "pass", "warnings": []}, {"run_id": "greedy", "status": "fail", "warnings": []}]
     annotate_run_cards(cards, {"sampled": low, "greedy": good})
     assert cards[0]["status"] == "pass_with_warnings" and cards[0]["warnings"][0].startswith("labels flagged: ")
