@@ -232,10 +232,22 @@ def verify_target(target: Path, *, staged: bool = False, allowed_signers: Path |
     """Run every reviewer step on a study folder or a bundle and return each step's result
     (``allowed_signers``, ``tsa_ca``: the reviewer's trust files; the study's own by default;
     ``bundle_limits``: what a bundle may expand to, :class:`lockstep.bundle.Limits`)."""
+    return verify_target_identified(target, staged=staged, allowed_signers=allowed_signers, tsa_ca=tsa_ca,
+                                    bundle_limits=bundle_limits)[0]
+
+
+def verify_target_identified(target: Path, *, staged: bool = False, allowed_signers: Path | None = None,
+                             tsa_ca: Path | None = None, bundle_limits: BundleLimits = DEFAULT_LIMITS
+                             ) -> tuple[list[StepResult], dict[str, str | None]]:
+    """:func:`verify_target`, and what was verified: ``{"study_id", "lock_digest"}`` (the lock in force, after
+    amendments) as the lock read says, the folder's name and None where no lock could be read."""
     bundle = is_bundle(target)
     with unpacked(target, bundle_limits) as study_dir:
         ctx = make_context(study_dir, staged=staged, allowed_signers=allowed_signers, tsa_ca=tsa_ca)
         if bundle:
             ctx.root = None  # a bundle is no git repository, wherever it was unpacked
             ctx.bundle = study_dir.parent.parent
-        return run_steps(ctx, reviewer_steps(staged=staged, bundle=bundle))
+        results = run_steps(ctx, reviewer_steps(staged=staged, bundle=bundle))
+        lock = ctx.lock if isinstance(ctx.lock, dict) else {}
+        digest = ctx.amendments[-1].get("lock_digest") if ctx.amendments else lock.get("lock_digest")
+        return results, {"study_id": lock.get("study_id") or Path(study_dir).name, "lock_digest": digest}

@@ -22,7 +22,12 @@ def _run_ids(frozen, run_ids) -> list[str]:
 @click.option("--import-sheet", type=click.Path(path_type=Path), help="Human rubric: read the filled sheet and freeze it.")
 @signs_new_entries
 def label(study_dir: Path, run_ids, export_sheet, import_sheet) -> None:
-    """Apply the frozen rubric to generated texts only, and freeze the labels (before any score is read)."""
+    """Apply the frozen rubric to generated texts only, and freeze the labels (before any score is read).
+
+    \b
+    Example: lockstep label mystudy --run sampled
+    Exit codes: 0 labelled; 1 refused (capture not complete, labels already frozen differently); 2 usage or not frozen.
+    """
     from lockstep.errors import UsageError
     from lockstep.gate import require_frozen
 
@@ -54,17 +59,35 @@ def label(study_dir: Path, run_ids, export_sheet, import_sheet) -> None:
 
 @click.command()
 @STUDY_DIR
+@click.option("--json", "as_json", is_flag=True,
+              help="Print study id, lock digest, claims and run statuses as JSON (the ledger and report are written as usual).")
 @signs_new_entries
-def audit(study_dir: Path) -> None:
-    """Compute the preregistered statistics and write the ledger, run cards, tables and report."""
+def audit(study_dir: Path, as_json: bool) -> None:
+    """Compute the preregistered statistics and write the ledger, run cards, tables and report.
+
+    \b
+    Example: lockstep audit mystudy --json
+    Exit codes: 0 ledger written (whatever the claims' statuses); 1 refused (a stage missing, labels not
+    frozen, the chain altered); 2 usage or not frozen.
+    """
+    import json
+
     from lockstep.gate import require_frozen
 
     from .ledger import LEDGER, run_audit
 
     frozen = require_frozen(study_dir)
     out = run_audit(frozen)
-    import json
     ledger = json.loads((out / LEDGER).read_text())
+    if as_json:
+        click.echo(json.dumps({
+            "study_id": ledger["study_id"], "lock_digest": ledger["lock_digest"], "ledger": str(out / LEDGER),
+            "report": str(out / "report.html"),
+            "claims": [{"hypothesis": c["hypothesis"], "status": c["status"], "claim": c["claim"]} for c in ledger["claims"]],
+            "runs": [{"run_id": r["run_id"], "status": r["status"], "warnings": len(r["warnings"]),
+                      "review_status": r["review_status"]} for r in ledger["runs"]],
+        }, indent=2))
+        return
     for claim in ledger["claims"]:
         click.echo(f"  {claim['hypothesis']:4s} {claim['status']:16s} {claim['claim'][:90]}")
     for run in ledger["runs"]:
@@ -84,7 +107,11 @@ def review(study_dir: Path, approve: bool, reject: bool, reviewer: str, note: st
 
     An approval counts only when signed (--sign-key) by the reviewer it names, listed in the allowed signers.
     A rejection is recorded and shown in the report; the claims stay pending_review.
-    Exit 0 recorded, 2 usage (neither or both of --approve/--reject; --reject without --note).
+
+    \b
+    Example: lockstep review mystudy --approve --reviewer "A. Reviewer" --sign-key ~/.ssh/id_ed25519
+    Exit codes: 0 recorded; 1 nothing to review, or a ledger the audit did not write; 2 usage (neither or
+    both of --approve/--reject; --reject without --note) or not frozen.
     """
     from lockstep.errors import UsageError
 
@@ -125,7 +152,12 @@ def review(study_dir: Path, approve: bool, reject: bool, reviewer: str, note: st
 @click.argument("writeup", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (study id and lock digest at the top).")
 def check_writeup(study_dir: Path, writeup: Path, as_json: bool) -> None:
-    """Trace every number of a Markdown write-up to the study's ledger; exit 1 if any is untraceable or wrong."""
+    """Trace every number of a Markdown write-up to the study's ledger.
+
+    \b
+    Example: lockstep check-writeup mystudy paper/results.md --json
+    Exit codes: 0 every number traced; 1 a number untraceable or wrong; 2 not audited yet, usage, or not frozen.
+    """
     import json
 
     from lockstep.gate import require_frozen
@@ -148,7 +180,12 @@ def check_writeup(study_dir: Path, writeup: Path, as_json: bool) -> None:
 @STUDY_DIR
 @click.option("--claim", "hypothesis", help="One hypothesis id (default: every claim).")
 def cite(study_dir: Path, hypothesis: str | None) -> None:
-    """Draft the citation sentence of each claim from the ledger (every number traceable to it)."""
+    """Draft the citation sentence of each claim from the ledger (every number traceable to it).
+
+    \b
+    Example: lockstep cite mystudy --claim H1
+    Exit codes: 0 printed; 2 no such claim, not audited yet, or not frozen.
+    """
     from lockstep.errors import UsageError
     from lockstep.gate import require_frozen
 

@@ -58,6 +58,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "baseline": ("analysis_id", "unit", "layer", "index", "statistic", "p_uncorrected", "p_fwer", "rank",
                  "is_target"),
     "null_distribution": ("analysis_id", "value"),
+    "contexts": ("analysis_id", "unit", "run", "set", "prompt_id", "position", "weight", "before", "token", "after"),
     "class_register": ("analysis_id", "prompt_class", "register_label", "n", "mean", "sd"),
     "wsq": ("analysis_id", "unit", "group", "W", "S", "Q"),
     "ablation_pairs": ("analysis_id", "pair_id", "pair_class", "baseline_margin", "ablated_margin", "drop"),
@@ -83,6 +84,7 @@ SECTIONS: tuple[Section, ...] = (
             ("two_group", "all_unit_baseline", "ablation_drop", "specificity")),
     Section("sec-class-register", "Prompt class × generated register", "class_register", ("register_vs_class",)),
     Section("sec-wsq", "W / S / Q", "wsq", ("wsq_decomposition",)),
+    Section("sec-contexts", "Token contexts of the target", "contexts", ("two_group",)),
     Section("sec-ablation", "Ablation: margin drop per pair", "ablation_pairs", ("ablation_drop", "specificity")),
 )
 
@@ -490,7 +492,7 @@ class _Page:
         frame = self.tables.get(section.table)
         build = {"sec-heatmap": self._heatmaps, "sec-strip": self._strips, "sec-null": self._nulls,
                  "sec-class-register": self._class_register, "sec-wsq": self._wsq,
-                 "sec-ablation": self._ablation}[section.id]
+                 "sec-contexts": self._contexts, "sec-ablation": self._ablation}[section.id]
         figures = [] if frame is None else build(frame)
         return {"id": section.id, "title": section.title, "available": frame is not None,
                 "reason": self.reasons.get(section.table, ""), "figures": figures}
@@ -588,6 +590,14 @@ class _Page:
             listed = [p.strip() for p in str(numbers.get("crossing_prompts", "")).split(",") if p.strip()]
             out.append(self._figure("class-register", analysis, "class × register", rows=rows,
                                     crossing_prompts=listed, spec=self._spec(analysis)))
+        return out
+
+    def _contexts(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        out = []
+        for analysis in _analyses(frame):
+            sub = frame[frame["analysis_id"] == analysis]
+            out.append(self._figure("contexts", analysis, "token contexts", rows=sub.to_dict("records"),
+                                    unit=str(sub["unit"].iloc[0]) if len(sub) else ""))
         return out
 
     def _wsq(self, frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -36,17 +37,26 @@ def _plan_in_force(frozen) -> list[Path]:
 @click.option("--dtype", default=None, help="Override /model/dtype (a deviation).")
 @click.option("--batch-size", type=int, default=None, help="Override /runtime/batch_size (a deviation).")
 @click.option("--device-map", default=None, help='Passed to from_pretrained, e.g. "auto" across GPUs.')
-@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: only when stderr is a terminal); --no-progress also silences "
+                   "transformers' and huggingface_hub's bars.")
 @click.option("--slots-per-forward", type=int, default=None,
               help="Ablation studies: single-slot ablations stacked in one forward of the all-slot baseline.")
 @click.option("--allow-uncommitted-lock", is_flag=True,
               help="Capture although prereg.lock.json / SHA256SUMS are not committed; the journal and the ledger record it as a deviation.")
 @signs_new_entries
 def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_path, dtype, batch_size,
-            device_map, no_progress, slots_per_forward, allow_uncommitted_lock=False) -> None:
+            device_map, progress, slots_per_forward, allow_uncommitted_lock=False) -> None:
     """Run the model on the frozen study's prompts and write texts and routing under runs/.
 
-    Refuses unless the study's freeze verifies. Interrupted and started again, it resumes.
+    Refuses unless the study's freeze verifies. Interrupted and started again, it resumes. What
+    transformers says while it loads and runs (kernel fallbacks) goes to each run manifest's
+    runtime_notices, summed up in one line.
+
+    \b
+    Example: lockstep capture mystudy --run sampled --no-progress
+    Exit codes: 0 complete (or the shard done); 1 refused (freeze altered, lock uncommitted, a runtime
+    deviation); 2 usage or not frozen; 3 weights not found; 130 interrupted (the next run resumes).
     """
     from lockstep.errors import UsageError
     from lockstep.gate import require_frozen
@@ -62,7 +72,7 @@ def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_p
     shard = parse_shard(shard)
     repo = Path(frozen.repo_root)
     kwargs = dict(run_ids=run_ids, allow_deviation=allow_deviation, model_path=model_path, dtype=dtype, batch_size=batch_size,
-                  no_progress=no_progress, slots_per_forward=slots_per_forward)
+                  progress=progress, slots_per_forward=slots_per_forward)
     world = distributed_world()
     if world is None:
         _capture_once(frozen, root, wanted, shard, repo, started, uncommitted, device_map=device_map, **kwargs)
@@ -79,10 +89,12 @@ def capture(study_dir: Path, run_ids, allow_deviation, shard, runs_root, model_p
             torch.cuda.set_device(local)
             device_map = device_map or f"cuda:{local}"
         if rank == 0 and model_path is None:  # a builtin model is built once, by rank 0, before any rank loads it
+            from .notices import library_output
             from .runtime import resolve_model
 
             try:
-                resolve_model(frozen, root)
+                with library_output(progress):
+                    resolve_model(frozen, root)
             finally:
                 dist.barrier()
         else:
@@ -110,10 +122,11 @@ def distributed_world() -> tuple[int, int, int] | None:
 
 
 def _capture_once(frozen, root: Path, wanted: list[str], shard, repo: Path, started: str, uncommitted, *, run_ids,
-                  allow_deviation, model_path, dtype, batch_size, device_map, no_progress, slots_per_forward) -> None:
+                  allow_deviation, model_path, dtype, batch_size, device_map, progress, slots_per_forward) -> None:
     """One process's capture: its shard (or the whole run, merging), under the runs' locks, then the entry."""
     from lockstep.journal import read_journal
 
+    from .notices import summary
     from .run import completion_outputs, journaled, run_capture
     from .runlock import runs_locked
 
@@ -122,7 +135,7 @@ def _capture_once(frozen, root: Path, wanted: list[str], shard, repo: Path, star
         dirs = [artifacts.run_dir(root, frozen.study_id, r) for r in wanted]
         interrupted = {d for d in dirs if (d / artifacts.MANIFEST).is_file() and not journaled(journal, d, repo)}
         paths = run_capture(frozen, run_ids=list(run_ids) or None, allow_deviation=allow_deviation, runs_root=root,
-                            shard=shard, progress=not no_progress, model_path=model_path,
+                            shard=shard, progress=progress, model_path=model_path,
                             overrides={"dtype": dtype, "batch_size": batch_size}, device_map=device_map,
                             options={"slots_per_forward": slots_per_forward})
         incomplete = [p for p in paths if not (p / artifacts.MANIFEST).is_file()]
@@ -135,6 +148,9 @@ def _capture_once(frozen, root: Path, wanted: list[str], shard, repo: Path, star
             click.echo(f"{p}: " + ("shard done; run without --shard to merge" if p in incomplete else
                                    "complete (an interrupted capture, finished: its files match its manifest; journal entry "
                                    "written)" if p in interrupted and p in todo else "complete"))
+        notices = sorted({n for p in todo for n in json.loads((p / artifacts.MANIFEST).read_text()).get("runtime_notices", [])})
+        if summary(notices):
+            click.echo(summary(notices), err=True)
         if not todo:
             return
         _write_entry(frozen, root, todo, outputs, started, uncommitted)

@@ -41,7 +41,11 @@ class _Collect(logging.Handler):
 def library_output(progress: bool | None) -> Iterator[list[str]]:
     """Collect the libraries' warnings (yielded list, each once, in order) and, unless bars are drawn,
     silence their progress bars; restores both on exit."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
     from transformers.utils import logging as hf_logging
 
     notices: list[str] = []
@@ -76,5 +80,6 @@ def summary(notices: list[str]) -> str | None:
     """The one line the command prints about the notices, or None when there were none."""
     if not notices:
         return None
-    return (f"note: the model libraries gave {len(notices)} notice(s) during capture (e.g. {notices[0][:100]!r}); "
-            "recorded in each run manifest's runtime_notices")
+    first = notices[0].split(". ")[0].rstrip(".")
+    return (f"note: {len(notices)} notice(s) from the model libraries during capture, not from lockstep (e.g. {first}); "
+            "each run manifest records them all under runtime_notices")

@@ -112,11 +112,11 @@ def run_capture(
     stores = [RunStore(artifacts.run_dir(root, frozen.study_id, run["id"])) for run in runs]
     if all(store.is_complete() for store in stores):
         return [store.root for store in stores]  # nothing to capture: do not load the model
-    source = runtime.resolve_model(frozen, root, model_path)
-    identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
-    found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
-    runtime.refuse_deviations(found, allow_deviation)
     with library_output(progress) as notices:  # the libraries' notices go to the manifest, not among lockstep's lines
+        source = runtime.resolve_model(frozen, root, model_path)  # a builtin model is built (and saved) here
+        identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
+        found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
+        runtime.refuse_deviations(found, allow_deviation)
         setup = module.setup(frozen, source, identity, overrides, runtime.resolve_device_map(frozen, device_map), options)
         setup.ld.notices = notices  # the same list, still filling: each manifest records those seen by its end
         found = found + runtime.deviations(frozen, setup.ld.facts, overrides)

@@ -17,8 +17,17 @@ from .journal import read_journal
 from .witness import signs_new_entries
 
 
+PIPELINE_ORDER = ("new", "validate", "prereg", "amend", "capture", "label", "audit", "review", "verify", "bundle", "sign",
+                  "timestamp", "check-writeup", "cite", "demo", "journal")
+
+
 class _Group(click.Group):
-    """Turns every LockstepError raised by any command into its message and exit code."""
+    """Lists the commands in the order a study goes through them; turns every LockstepError raised by any
+    command into its message and exit code."""
+
+    def list_commands(self, ctx):
+        return sorted(self.commands, key=lambda name: (PIPELINE_ORDER.index(name) if name in PIPELINE_ORDER
+                                                       else len(PIPELINE_ORDER), name))
 
     def invoke(self, ctx):
         try:
@@ -32,6 +41,7 @@ class _Group(click.Group):
 
 
 STUDY_DIR = click.argument("study_dir", type=click.Path(path_type=Path))
+DEMO = "lockstep.demo"  # click context meta key: the command runs inside `lockstep demo`
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,7 +49,13 @@ STUDY_DIR = click.argument("study_dir", type=click.Path(path_type=Path))
 def cli() -> None:
     """Preregister, capture, audit and verify mechanistic-interpretability claims.
 
-    make prereg -> make capture -> make audit; a reviewer runs `lockstep verify DIR`.
+    A study goes through the commands in the order listed: new, validate, prereg, (amend), capture, label,
+    audit, review; a reviewer runs verify on the folder or its bundle. `lockstep COMMAND -h` shows an example.
+
+    \b
+    Exit codes (every command): 0 done; 1 refused: the study, its data or its chain has a problem (the
+    message names the file, the field and the fix); 2 usage, not a study folder, or not frozen yet;
+    3 capture: weights not found on this machine; 130 interrupted (completed work is kept).
     """
 
 
@@ -48,10 +64,15 @@ def scope_warnings(study) -> list[str]:
     whatever the data say (the scope lint of audit/verdicts.py), so a researcher hears it before freezing."""
     from audit.verdicts import scope_lint
 
+    from .study import unused_thresholds
+
     out = []
     for hyp in study.spec["hypotheses"]:
         for flag in scope_lint(hyp["claim"], study.design_record, hyp.get("evidence_type")):
             out.append(f"{hyp['id']} will be unsupported at audit whatever the data: its claim {flag.message}")
+    for name in unused_thresholds(study.spec, study.thresholds):
+        out.append(f"threshold {name!r} in thresholds.yaml is used by no hypothesis (nor /inference/alpha_threshold): "
+                   "no verdict reads it; list it in a hypothesis' thresholds or delete it")
     return out
 
 
@@ -61,7 +82,12 @@ def scope_warnings(study) -> list[str]:
 @click.option("--under", type=click.Path(path_type=Path), default=Path("preregistrations"), show_default=True,
               help="The folder the study goes in.")
 def new(name: str, design: str, under: Path) -> None:
-    """Start a study: a commented template that validates, every field to write marked FILL."""
+    """Start a study: a commented template that validates, every field to write marked FILL.
+
+    \b
+    Example: lockstep new mystudy --design routing
+    Exit codes: 0 written; 2 bad name, unknown design, or the folder exists.
+    """
     from .scaffold import new_study
 
     folder = new_study(under, name, design)
@@ -75,7 +101,12 @@ def new(name: str, design: str, under: Path) -> None:
 def validate(study_dir: Path, as_json: bool) -> None:
     """Check a study against the schemas and the cross-file rules; report every problem at once.
 
-    Exit 0 valid, 1 invalid (every problem listed), 2 not a study folder."""
+    Warnings (a claim its evidence cannot support, a threshold no hypothesis uses) do not fail it.
+
+    \b
+    Example: lockstep validate mystudy --json
+    Exit codes: 0 valid; 1 invalid (every problem listed); 2 not a study folder.
+    """
     import json
 
     from .errors import SchemaError
@@ -114,7 +145,13 @@ def validate(study_dir: Path, as_json: bool) -> None:
 @click.option("--allow-dirty", is_flag=True, help="Freeze files with uncommitted changes; the lock records it.")
 @signs_new_entries
 def prereg(study_dir: Path, allow_dirty: bool) -> None:
-    """Validate and freeze a study: write prereg.lock.json, SHA256SUMS and the journal's first entry."""
+    """Validate and freeze a study: write prereg.lock.json, SHA256SUMS and the journal's first entry.
+
+    \b
+    Example: lockstep prereg preregistrations/mystudy
+    Exit codes: 0 frozen (or already frozen and intact); 1 invalid, uncommitted files, or a lock that
+    does not match; 2 not a study folder or not in a git repository.
+    """
     from .freeze import freeze
     from .lock import effective_files, study_dir_iv
     from .study import load_study
@@ -132,6 +169,9 @@ def prereg(study_dir: Path, allow_dirty: bool) -> None:
     click.echo(f"{study_dir}: frozen; lock digest {result.lock_digest}")
     if result.dirty:
         click.echo("warning: frozen from uncommitted files (--allow-dirty); the lock records it", err=True)
+    if click.get_current_context().meta.get(DEMO):
+        click.echo(f"{study_dir}: the demo's lock stays uncommitted (its capture records that as a deviation); do not commit it")
+        return
     click.echo(f"commit the lock now: git add {study_dir} .gitattributes && git commit -m 'Freeze {Path(study_dir).name}'")
 
 
@@ -145,7 +185,12 @@ def prereg(study_dir: Path, allow_dirty: bool) -> None:
 @click.option("--allow-dirty", is_flag=True, help="With --freeze: freeze uncommitted amendment files; recorded.")
 @signs_new_entries
 def amend(study_dir: Path, replaces: tuple[str, ...], reason: str, seen: str | None, do_freeze: bool, allow_dirty: bool) -> None:
-    """Start an amendment to a frozen plan, or freeze the open one (--freeze)."""
+    """Start an amendment to a frozen plan, or freeze the open one (--freeze).
+
+    \b
+    Example: lockstep amend mystudy --replace prompts.jsonl --reason 'typo in p07' --seen nothing_run
+    Exit codes: 0 opened or frozen; 1 the amendment is invalid or the chain altered; 2 usage or not frozen.
+    """
     from .errors import UsageError
     from .freeze import freeze_amendment, start_amendment
 
@@ -177,17 +222,20 @@ def verify(target: Path, as_json: bool, staged: bool, allowed_signers: Path | No
     """Re-check every hash and the order of the stages (a study folder or a bundle), and say how strong
     the ordering evidence is: self-attested, signed or timestamped.
 
-    Exit 0 intact, 1 altered or tampered, 2 not frozen or usage.
+    \b
+    Example: lockstep verify reports/mystudy/mystudy.bundle.tar.gz --json
+    Exit codes: 0 intact; 1 altered or tampered; 2 not frozen or usage.
     """
-    from audit.chain import verify_target
+    from audit.chain import verify_target_identified
 
     from .verify import exit_code_of, render
 
     from .bundle import DEFAULT_LIMITS, Limits
 
     limits = Limits(max_bundle_bytes or DEFAULT_LIMITS.max_bytes, max_bundle_members or DEFAULT_LIMITS.max_members)
-    results = verify_target(target, staged=staged, allowed_signers=allowed_signers, tsa_ca=tsa_ca, bundle_limits=limits)
-    click.echo(render(results, as_json))
+    results, identity = verify_target_identified(target, staged=staged, allowed_signers=allowed_signers, tsa_ca=tsa_ca,
+                                                 bundle_limits=limits)
+    click.echo(render(results, as_json, identity))
     sys.exit(exit_code_of(results))
 
 
@@ -195,7 +243,12 @@ def verify(target: Path, as_json: bool, staged: bool, allowed_signers: Path | No
 @STUDY_DIR
 @click.option("--out", type=click.Path(path_type=Path), help="Archive to write (default: reports/<study>/<study>.bundle.tar.gz).")
 def bundle(study_dir: Path, out: Path | None) -> None:
-    """Write one archive with plan, lock, journal, captured tables, labels, ledger and report."""
+    """Write one archive with plan, lock, journal, captured tables, labels, ledger and report.
+
+    \b
+    Example: lockstep bundle mystudy
+    Exit codes: 0 written; 1 the study's chain does not verify; 2 not frozen, or a file a bundle refuses.
+    """
     from .bundle import write_bundle
 
     path = write_bundle(study_dir, out)
@@ -208,7 +261,12 @@ def bundle(study_dir: Path, out: Path | None) -> None:
               help="SSH private key (or set LOCKSTEP_SIGNING_KEY).")
 @click.option("--entry", "seqs", type=int, multiple=True, help="Journal entry to sign (repeatable; default: every stage entry, reviews excepted).")
 def sign(study_dir: Path, sign_key: Path, seqs: tuple[int, ...]) -> None:
-    """Sign journal entries with an SSH key (ssh-keygen -Y sign), into <study>/witness/signatures/."""
+    """Sign journal entries with an SSH key (ssh-keygen -Y sign), into <study>/witness/signatures/.
+
+    \b
+    Example: lockstep sign mystudy --sign-key ~/.ssh/id_ed25519
+    Exit codes: 0 signed; 1 the chain does not verify; 2 not frozen, or a key ssh-keygen refuses.
+    """
     from .gate import require_frozen
     from .witness import sign_entries
 
@@ -227,7 +285,13 @@ def sign(study_dir: Path, sign_key: Path, seqs: tuple[int, ...]) -> None:
 @click.option("--tsa-ca", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Check the token against this CA before attaching it.")
 def timestamp(study_dir: Path, seq: int | None, query_out: Path | None, token: Path | None, tsa_command: str | None,
               tsa_url: str | None, tsa_ca: Path | None) -> None:
-    """Timestamp the lock digest (or a journal entry) by an RFC 3161 authority, into <study>/witness/timestamps/."""
+    """Timestamp the lock digest (or a journal entry) by an RFC 3161 authority, into <study>/witness/timestamps/.
+
+    \b
+    Example: lockstep timestamp mystudy --tsa-url https://freetsa.org/tsr --tsa-ca cacert.pem
+    Exit codes: 0 timestamped (or query written); 1 the token does not verify or stamp another digest;
+    2 usage (not exactly one way to get a token) or not frozen.
+    """
     from .errors import UsageError
     from .fsio import atomic_write, sha256_bytes
     from .gate import require_frozen
@@ -256,7 +320,12 @@ def timestamp(study_dir: Path, seq: int | None, query_out: Path | None, token: P
 @cli.command()
 @STUDY_DIR
 def journal(study_dir: Path) -> None:
-    """Print the study's journal, one stage a line."""
+    """Print the study's journal, one stage a line.
+
+    \b
+    Example: lockstep journal mystudy
+    Exit codes: 0 printed; 1 the journal cannot be read; 2 not a study folder.
+    """
     from .lock import study_dir_iv
 
     entries = read_journal(study_dir_iv(study_dir)).entries
@@ -268,16 +337,27 @@ def journal(study_dir: Path) -> None:
 
 @cli.command()
 @click.option("--study", "study_dir", default="preregistrations/demo", type=click.Path(path_type=Path), show_default=True)
-@click.option("--no-progress", is_flag=True, help="No progress bar on stderr (as `lockstep capture --no-progress`).")
-def demo(study_dir: Path, no_progress: bool) -> None:
-    """Run the whole pipeline on the embedded synthetic demo study."""
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr (default: only on a terminal), as `lockstep capture --no-progress`.")
+def demo(study_dir: Path, progress: bool | None) -> None:
+    """Run the whole pipeline on the embedded synthetic demo study.
+
+    The demo's lock is left uncommitted (its capture records that as a deviation): it is a tour, not a
+    study of yours; start one with `lockstep new`.
+
+    \b
+    Example: lockstep demo --no-progress
+    Exit codes: 0 done; otherwise the code of the stage that refused (prereg, capture, label, audit).
+    """
     ctx = click.get_current_context()
+    ctx.meta[DEMO] = True  # shared with the commands it invokes: prereg does not ask to commit the demo's lock
     ctx.invoke(prereg, study_dir=study_dir, allow_dirty=False)
     for stage in ("capture", "label", "audit"):
         click.echo(f"== {stage}")
         # the demo does not commit in your repository: an uncommitted lock is recorded as a deviation
-        extra = {"no_progress": no_progress, "allow_uncommitted_lock": True} if stage == "capture" else {}
+        extra = {"progress": progress, "allow_uncommitted_lock": True} if stage == "capture" else {}
         ctx.invoke(cli.commands[stage], study_dir=study_dir, **extra)
+    click.echo("demo done. To start a study of your own: lockstep new mystudy --design routing")
 
 
 def _register_stage_commands() -> None:

@@ -85,15 +85,19 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
                 if len(problems.problems) == before:
                     valid_records.append(index)
 
-    # Cross-file rules run on whatever passed its schema, so one bad field does not hide other problems.
+    # Cross-file rules run on whatever passed its schema, so one bad field does not hide other problems:
+    # a study.yaml with schema errors still gets every cross-file check whose parts of it parsed.
     bad_files = {p.file for p in problems.problems if p.file != "prompts.jsonl"}
     if prompts.data is not None:
         _prompt_checks(prompts, design, problems)
     if rubric.data is not None and "rubric.yaml" not in bad_files:
         _check_rubric(rubric, problems)
+    if thresholds.data is not None and "thresholds.yaml" not in bad_files:
+        _check_threshold_values(thresholds, problems)
     parsed_all = all(p.data is not None for p in (study, prompts, rubric, thresholds))
-    if parsed_all and not bad_files and len(valid_records) == len(prompts.data):
-        _cross_checks(root, study, prompts, rubric, thresholds, problems)
+    if (parsed_all and isinstance(study.data, dict) and not bad_files - {"study.yaml"}
+            and len(valid_records) == len(prompts.data)):
+        _cross_checks(root, study, prompts, rubric, thresholds, problems, partial="study.yaml" in bad_files)
     problems.raise_if_any(hint="correct the files listed, then run `lockstep validate` again")
     spec = study.data
     record = design_of(spec["design"])
@@ -119,31 +123,75 @@ def _check_schema(name: str, file: str, parsed: Parsed, problems: ProblemList, *
         problems.add(file, pointer, describe(error), where)
 
 
-def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, thresholds: Parsed, problems: ProblemList) -> None:
-    spec, records = study.data, prompts.data
+ALPHA_RANGE = (0.0, 0.2)  # a significance level outside (0, 0.2] is a typo or a test that means nothing
+
+
+def _check_threshold_values(thresholds: Parsed, problems: ProblemList) -> None:
+    """Values a verdict cannot rest on: a significance level (``alpha*``) outside (0, 0.2]."""
+    low, high = ALPHA_RANGE
+    for name, entry in thresholds.data["thresholds"].items():
+        if name.startswith("alpha") and not low < float(entry["value"]) <= high:
+            pointer = f"/thresholds/{name}/value"
+            problems.add("thresholds.yaml", pointer, f"is {entry['value']}, but a significance level must lie in ({low:g}, {high:g}] "
+                         "(0.05 is usual); a test at this level would call almost anything significant", thresholds.line_of(pointer))
+
+
+def unused_thresholds(spec: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
+    """Thresholds no hypothesis lists and /inference/alpha_threshold does not name: numbers no verdict reads."""
+    used = {n for hyp in spec["hypotheses"] for n in hyp["thresholds"]} | {spec["inference"]["alpha_threshold"]}
+    return sorted(set(thresholds) - used)
+
+
+def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, thresholds: Parsed, problems: ProblemList,
+                  *, partial: bool = False) -> None:
+    """The cross-file rules, each a step. ``partial``: study.yaml failed its schema, so a step that meets a part
+    of it that did not parse (KeyError, TypeError...) is skipped, its cause already reported, and the others run."""
 
     def add(file: str, parsed: Parsed, pointer: str, message: str) -> None:
         problems.add(file, pointer, message, parsed.line_of(pointer))
 
+    steps = [lambda: _check_references(root, study, thresholds, add), lambda: _check_hypothesis_references(study, thresholds, add)]
+    analyses = study.data.get("analyses")
+    for i in range(len(analyses) if isinstance(analyses, list) else 0):
+        steps.append(lambda i=i: _check_analysis_references(i, study, prompts, rubric, add))
+    steps += [
+        lambda: _check_claims(study.data, prompts.data, study, add),
+        lambda: _check_sampling_plan(study.data, prompts.data, study, add),
+        lambda: _check_design_fit(study, prompts, rubric, add),
+        lambda: _check_extra_files(root, study.data, study, add),
+        lambda: _check_lexicon_and_pilot(root, rubric, prompts.data, problems),
+    ]
+    for step in steps:
+        if not partial:
+            step()
+            continue
+        try:
+            step()
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+            continue  # this rule reads a part of study.yaml its schema error already reported
+
+
+def _check_references(root: Path, study: Parsed, thresholds: Parsed, add) -> None:
+    """Ids, the model block, the target units and the alpha threshold's name."""
+    spec = study.data
     if spec["study_id"] != root.name:
         add("study.yaml", study, "/study_id", f"is {spec['study_id']!r} but the folder is {root.name!r}; they must match")
 
     _check_model(spec, study, add)
     _unique_ids(spec, study, add)
     threshold_names = set(thresholds.data["thresholds"])
-    runs = {r["id"] for r in spec["runtime"]["runs"]}
-    targets = {t["id"]: (i, t) for i, t in enumerate(spec["units"]["targets"])}
-    classes = {r["class"] for r in records}
-    splits = {r["split"] for r in records}
-    labels = set(rubric.data.get("labels", {}))
-
-    for i, (tid, (_, target)) in enumerate(targets.items()):
+    for i, target in enumerate(spec["units"]["targets"]):
         _check_target_id(spec["units"]["kind"], target, f"/units/targets/{i}", study, add)
 
     alpha = spec["inference"]["alpha_threshold"]
     if alpha not in threshold_names:
         add("study.yaml", study, "/inference/alpha_threshold", f"names {alpha!r}, which is not in thresholds.yaml; defined: {', '.join(sorted(threshold_names))}")
 
+
+def _check_hypothesis_references(study: Parsed, thresholds: Parsed, add) -> None:
+    """The analysis and the thresholds each hypothesis names exist."""
+    spec = study.data
+    threshold_names = set(thresholds.data["thresholds"])
     analyses = {a["id"] for a in spec["analyses"]}
     for i, hyp in enumerate(spec["hypotheses"]):
         if hyp["analysis"] not in analyses:
@@ -152,52 +200,65 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
             if name not in threshold_names:
                 add("study.yaml", study, f"/hypotheses/{i}/thresholds/{j}", f"names threshold {name!r}, which is not in thresholds.yaml")
 
-    for i, analysis in enumerate(spec["analyses"]):
-        at = f"/analyses/{i}"
-        if "unit" in analysis and analysis["unit"] not in targets:
-            add("study.yaml", study, f"{at}/unit", f"names unit {analysis['unit']!r}, which is not a target in /units/targets")
-        for j, tid in enumerate(analysis.get("targets", [])):
-            if tid not in targets:
-                add("study.yaml", study, f"{at}/targets/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
-        for key, values in (("run", [analysis.get("run")]), ("runs", analysis.get("runs", []))):
-            for j, run in enumerate(values):
-                if run is not None and run not in runs:
-                    pointer = f"{at}/{key}" if key == "run" else f"{at}/runs/{j}"
-                    add("study.yaml", study, pointer, f"names run {run!r}, which is not in /runtime/runs")
-        for j, pid in enumerate((analysis.get("leave_out") or {}).get("prompts", [])):
-            if pid not in {r.get("id") for r in records}:
-                add("study.yaml", study, f"{at}/leave_out/prompts/{j}", f"{pid!r} is not a prompt id in prompts.jsonl")
-        fallback = analysis.get("fallback")
-        if fallback is not None:
-            target = next((a for a in spec["analyses"] if a.get("id") == fallback), None)
-            if target is None or fallback == analysis.get("id"):
-                add("study.yaml", study, f"{at}/fallback", f"names {fallback!r}, which is not another analysis of the study")
-            elif target.get("kind") != analysis.get("kind"):
-                add("study.yaml", study, f"{at}/fallback", f"names {fallback!r}, a {target.get('kind')} analysis; a fallback is "
-                    f"an analysis of the same kind ({analysis.get('kind')})")
-        if "split" in analysis and analysis["split"] not in splits:
-            add("study.yaml", study, f"{at}/split", f"names split {analysis['split']!r}; prompts.jsonl has {', '.join(sorted(splits))}")
-        groups = analysis.get("groups")
-        if groups:
-            known = classes if groups["by"] == "prompt_class" else labels
-            where = "prompt classes in prompts.jsonl" if groups["by"] == "prompt_class" else "labels in rubric.yaml"
-            for side in ("a", "b"):
-                if groups[side] not in known:
-                    add("study.yaml", study, f"{at}/groups/{side}", f"{groups[side]!r} is not one of the {where}: {', '.join(sorted(known))}")
-        for key in ("classes",):
-            for side, value in (analysis.get(key) or {}).items():
-                if value not in classes:
-                    add("study.yaml", study, f"{at}/{key}/{side}", f"{value!r} is not a prompt class in prompts.jsonl")
-        for side, value in (analysis.get("register") or {}).items():
-            if value not in labels:
-                add("study.yaml", study, f"{at}/register/{side}", f"{value!r} is not a label in rubric.yaml")
-        for key in ("pairs", "control"):
-            if key in analysis and analysis[key] not in classes:
-                add("study.yaml", study, f"{at}/{key}", f"{analysis[key]!r} is not a prompt class in prompts.jsonl")
 
+def _check_analysis_references(i: int, study: Parsed, prompts: Parsed, rubric: Parsed, add) -> None:
+    """The units, runs, prompts, classes, labels and fallback that analysis ``i`` names exist."""
+    spec, records = study.data, prompts.data
+    runs = {r["id"] for r in spec["runtime"]["runs"]}
+    targets = {t["id"] for t in spec["units"]["targets"]}
+    classes = {r["class"] for r in records}
+    splits = {r["split"] for r in records}
+    labels = set(rubric.data.get("labels", {}))
+    analysis = spec["analyses"][i]
+    at = f"/analyses/{i}"
+    if "unit" in analysis and analysis["unit"] not in targets:
+        add("study.yaml", study, f"{at}/unit", f"names unit {analysis['unit']!r}, which is not a target in /units/targets")
+    for j, tid in enumerate(analysis.get("targets", [])):
+        if tid not in targets:
+            add("study.yaml", study, f"{at}/targets/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
+    for key, values in (("run", [analysis.get("run")]), ("runs", analysis.get("runs", []))):
+        for j, run in enumerate(values):
+            if run is not None and run not in runs:
+                pointer = f"{at}/{key}" if key == "run" else f"{at}/runs/{j}"
+                add("study.yaml", study, pointer, f"names run {run!r}, which is not in /runtime/runs")
+    for j, pid in enumerate((analysis.get("leave_out") or {}).get("prompts", [])):
+        if pid not in {r.get("id") for r in records}:
+            add("study.yaml", study, f"{at}/leave_out/prompts/{j}", f"{pid!r} is not a prompt id in prompts.jsonl")
+    fallback = analysis.get("fallback")
+    if fallback is not None:
+        target = next((a for a in spec["analyses"] if a.get("id") == fallback), None)
+        if target is None or fallback == analysis.get("id"):
+            add("study.yaml", study, f"{at}/fallback", f"names {fallback!r}, which is not another analysis of the study")
+        elif target.get("kind") != analysis.get("kind"):
+            add("study.yaml", study, f"{at}/fallback", f"names {fallback!r}, a {target.get('kind')} analysis; a fallback is "
+                f"an analysis of the same kind ({analysis.get('kind')})")
+    if "split" in analysis and analysis["split"] not in splits:
+        add("study.yaml", study, f"{at}/split", f"names split {analysis['split']!r}; prompts.jsonl has {', '.join(sorted(splits))}")
+    groups = analysis.get("groups")
+    if groups:
+        known = classes if groups["by"] == "prompt_class" else labels
+        where = "prompt classes in prompts.jsonl" if groups["by"] == "prompt_class" else "labels in rubric.yaml"
+        for side in ("a", "b"):
+            if groups[side] not in known:
+                add("study.yaml", study, f"{at}/groups/{side}", f"{groups[side]!r} is not one of the {where}: {', '.join(sorted(known))}")
+    for key in ("classes",):
+        for side, value in (analysis.get(key) or {}).items():
+            if value not in classes:
+                add("study.yaml", study, f"{at}/{key}/{side}", f"{value!r} is not a prompt class in prompts.jsonl")
+    for side, value in (analysis.get("register") or {}).items():
+        if value not in labels:
+            add("study.yaml", study, f"{at}/register/{side}", f"{value!r} is not a label in rubric.yaml")
+    for key in ("pairs", "control"):
+        if key in analysis and analysis[key] not in classes:
+            add("study.yaml", study, f"{at}/{key}", f"{analysis[key]!r} is not a prompt class in prompts.jsonl")
+
+
+def _check_design_fit(study: Parsed, prompts: Parsed, rubric: Parsed, add) -> None:
+    """Units, analysis kinds, the design's own block and the rubric fit the study's design."""
+    spec = study.data
     design = design_of(spec["design"])
-    _check_claims(spec, records, study, add)
-    _check_sampling_plan(spec, records, study, add)
+    targets = {t["id"]: (i, t) for i, t in enumerate(spec["units"]["targets"])}
+    splits = {r["split"] for r in prompts.data}
     if spec["units"]["kind"] != design.unit_kind:
         add("study.yaml", study, "/units/kind", f"is {spec['units']['kind']!r}, but a {design.name} study names {design.unit_kind} units")
     for i, analysis in enumerate(spec["analyses"]):
@@ -208,8 +269,6 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
         _BLOCK_CHECKS[design.plan_block](spec, targets, splits, study, add)
     if design.needs_labels and rubric.data["kind"] == "none":
         add("rubric.yaml", rubric, "/kind", f"is 'none' but a {design.name} study labels generated text; use lexicon, judge or human")
-    _check_extra_files(root, spec, study, add)
-    _check_lexicon_and_pilot(root, rubric, records, problems)
 
 
 def _check_lexicon_and_pilot(root: Path, rubric: Parsed, records: list[dict], problems: ProblemList) -> None:

@@ -213,10 +213,12 @@ def exit_code_of(results: list[StepResult]) -> int:
     return failed[0].exit_code if failed else 0
 
 
-def render(results: list[StepResult], as_json: bool = False) -> str:
+def render(results: list[StepResult], as_json: bool = False, identity: dict | None = None) -> str:
+    """The numbered steps and the verdict line; ``as_json``: one object, with ``identity`` (study id and lock
+    digest, :func:`audit.chain.verify_target_identified`) at its top level."""
     if as_json:
         code = exit_code_of(results)
-        return json.dumps({"ok": code == 0, "exit_code": code, "evidence": _evidence_line(results),
+        return json.dumps({**(identity or {}), "ok": code == 0, "exit_code": code, "evidence": _evidence_line(results),
                            "steps": [r.__dict__ for r in results]}, indent=2, sort_keys=True)
     lines = [f"{r.number:2d}. {'ok  ' if r.ok else 'FAIL'} {r.name}: {r.message}" for r in results]
     code = exit_code_of(results)

@@ -247,10 +247,72 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
     return passed
 
 
+#: zones of the per-token rows (capture stores disjoint zones) that each analysis zone reads
+_TOKEN_ZONES = {"prefill": ("prefill",), "generated": ("trimmed", "spill"), "trimmed": ("trimmed",), "spill": ("spill",)}
+
+
+def token_contexts(run: RunData, analysis: dict, values: pd.DataFrame, *, top: int = 5, window: int = 8) -> pd.DataFrame | None:
+    """Where the unit carried its routed weight: for each compared group its ``top`` tokens by the unit's
+    weight in the analysis's zone, and for each crossing prompt its heaviest token, each with ``window``
+    tokens of text on either side (read from the per-token top-k capture stores, ``topk/``, and the run's
+    ``topk/vocab.parquet``). None when the run stored no per-token top-k.
+
+    ``values`` is the analysis's rows of ``target_values`` (the prompts it compared, after exclusions).
+    """
+    topk = run.run_dir / "topk"
+    if not (topk / "idx.npy").is_file() or not (topk / "tokens.parquet").is_file():
+        return None
+    layer, _, expert = parse_unit_id(analysis["unit"])
+    layers = [m["layer"] for m in run.manifest.get("moe_layers", [])]
+    if layer not in layers:
+        return None
+    li = layers.index(layer)
+    tokens = pq.read_table(topk / "tokens.parquet").to_pandas()
+    idx, weight = np.load(topk / "idx.npy", mmap_mode="r"), np.load(topk / "weight.npy", mmap_mode="r")
+    tokens["w"] = np.where(np.asarray(idx[:, li, :]) == expert, np.asarray(weight[:, li, :], dtype=np.float64), 0.0).sum(axis=1)
+    tokens = tokens[tokens["zone"].isin(_TOKEN_ZONES[analysis["zone"]]) & tokens["prompt_id"].isin(values["prompt_id"])]
+    vocab_path = topk / "vocab.parquet"
+    vocab, joiner = {}, " "
+    if vocab_path.is_file():
+        table = pq.read_table(vocab_path)
+        vocab = dict(zip(table.column("token_id").to_pylist(), table.column("text").to_pylist()))
+        joiner = (table.schema.metadata or {}).get(b"joiner", b" ").decode()
+    text = lambda tid: vocab.get(int(tid), f"<{int(tid)}>")  # noqa: E731
+    by_prompt = {pid: g.sort_values("position") for pid, g in tokens.groupby("prompt_id")}
+    group_col = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
+
+    def rows_for(label: str, prompt_ids, n: int) -> list[dict]:
+        pool = tokens[tokens["prompt_id"].isin(prompt_ids) & (tokens["w"] > 0)].nlargest(n, "w")
+        out = []
+        for r in pool.itertuples():
+            seq = by_prompt[r.prompt_id]
+            at = int(np.flatnonzero(seq["position"].to_numpy() == r.position)[0])
+            ids = seq["token_id"].to_numpy()
+            out.append({"analysis_id": analysis["id"], "unit": analysis["unit"], "run": run.run_id, "set": label,
+                        "prompt_id": r.prompt_id, "position": int(r.position), "weight": float(r.w),
+                        "before": joiner.join(text(t) for t in ids[max(0, at - window):at]) + joiner, "token": text(ids[at]),
+                        "after": joiner + joiner.join(text(t) for t in ids[at + 1:at + 1 + window])})
+        return out
+
+    rows = []
+    for side in ("a", "b"):
+        label = analysis["groups"][side]
+        rows += rows_for(label, values.loc[values[group_col] == label, "prompt_id"], top)
+    for pid in values.loc[values["crosses"].astype(bool), "prompt_id"]:
+        rows += rows_for("crossing", [pid], 1)
+    columns = ["analysis_id", "unit", "run", "set", "prompt_id", "position", "weight", "before", "token", "after"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: Settings) -> Outcome:
     out = Outcome(analysis["id"], "two_group")
     run = runs(analysis["run"])
     passed = _two_group_core(run, analysis, settings, out, analysis["unit"], frozen=frozen)
+    if not out.not_established and "target_values" in out.tables:
+        values = out.tables["target_values"]
+        contexts = token_contexts(run, analysis, values[values["analysis_id"] == analysis["id"]])
+        if contexts is not None:
+            out.tables["contexts"] = contexts
     if out.not_established:
         return out
     out.primary_passed = passed

@@ -573,9 +573,10 @@ def _run_config(frozen, run, st: Setup, deviations) -> dict[str, Any]:
     }
 
 
-def _say(enabled: bool):
+def _say(enabled: bool | None):
+    """Step lines on stderr (not a redrawn bar, so a log file keeps them too) unless progress is off."""
     def say(text: str) -> None:
-        if enabled:
+        if enabled is not False:
             sys.stderr.write(f"{text}\n")
             sys.stderr.flush()
     return say

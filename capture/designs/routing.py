@@ -152,12 +152,16 @@ def _batch_tables(batch: list[dict], dec: BatchDecode, br: BatchRouting, st: Set
 
 
 class _Progress:
-    """One stderr line: prompts done, tokens/s, ETA (tqdm, the maintained bar, drawn per batch)."""
+    """One stderr line: prompts done, tokens/s, ETA (tqdm, the maintained bar, drawn per batch).
 
-    def __init__(self, label: str, total: int, done: int, enabled: bool):
+    ``enabled`` None: drawn only when stderr is a terminal (tqdm's ``disable=None``), so a log file or a
+    pipe gets no carriage-return clutter unless the bar is asked for (True)."""
+
+    def __init__(self, label: str, total: int, done: int, enabled: bool | None):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=done, desc=label, unit="prompt", disable=not enabled, file=sys.stderr,
+        disable = None if enabled is None else not enabled
+        self.bar = tqdm(total=total, initial=done, desc=label, unit="prompt", disable=disable, file=sys.stderr,
                         dynamic_ncols=True, leave=True)
         self.start, self.tokens = time.monotonic(), 0
 
@@ -291,5 +295,33 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
                 f"{manifest['batch_invariance']['prompts_checked']} checked prompts ({', '.join(d['prompt_id'] for d in diff)}): "
                 "greedy decoding is not batch-invariant on this runtime")
     store.merge(len(batches), config["residual_layers"])
+    _write_vocab(store.root, st.ld.tok)
     store.finish(manifest)
     return True
+
+
+def _write_vocab(run_dir, tok) -> None:
+    """``topk/vocab.parquet``: the text of every token id the run's top-k rows hold, so the audit can show
+    a unit's token contexts without the tokenizer (a reviewer's copy may not have the model). Each id is
+    decoded alone, special tokens kept; a byte-level piece that is not whole UTF-8 shows as U+FFFD."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lockstep.fsio import atomic_write
+
+    path = run_dir / "topk" / "tokens.parquet"
+    if not path.is_file():
+        return
+    ids = sorted({int(i) for i in pq.read_table(path, columns=["token_id"]).column(0).to_pylist()})
+    texts = [tok.decode([i], skip_special_tokens=False) for i in ids]
+    # how decoded pieces join: a word-level tokenizer puts a space between tokens, a byte-level BPE carries
+    # its spaces inside the pieces (recorded so the audit can rebuild a window of text without the tokenizer)
+    joiner = ""
+    if len(ids) >= 2:
+        pair = tok.decode(ids[:2], skip_special_tokens=False)
+        joiner = " " if pair == f"{texts[0]} {texts[1]}" else ""
+    table = pa.table({"token_id": pa.array(ids, pa.int64()), "text": pa.array(texts, pa.string())},
+                     metadata={"joiner": joiner})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write(run_dir / "topk" / "vocab.parquet", sink.getvalue().to_pybytes())

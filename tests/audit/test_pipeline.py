@@ -318,3 +318,38 @@ def test_a_writeup_is_checked_against_the_ledger(planted, tmp_path):
     assert result.returncode == 1
     out = json.loads(result.stdout)
     assert out["study_id"] == "demo" and [u["number"] for u in out["untraceable"]] == ["9.999"]
+
+
+def test_token_contexts_show_where_the_unit_carried_its_weight(planted):
+    """The per-token top-k read back: the planted unit's heaviest FIRE tokens are the planted words, each
+    shown in its text with the token marked, in the tables and on the page."""
+    import yaml
+
+    repo = planted[0]
+    plant = set(yaml.safe_load((repo / "preregistrations/demo/study.yaml").read_text())["model"]["builtin"]["plant"]["tokens"])
+    contexts = pd.read_parquet(repo / "reports/demo/tables/contexts.parquet")
+    fire = contexts[(contexts["analysis_id"] == "A1") & (contexts["set"] == "FIRE")]
+    assert len(fire) == 5 and set(fire["token"].str.strip()) <= plant and (fire["weight"] > 0).all()
+    crossing = set(contexts.loc[(contexts["analysis_id"] == "A1") & (contexts["set"] == "crossing"), "prompt_id"])
+    h1 = next(c for c in ledger(repo, "demo")["claims"] if c["hypothesis"] == "H1")
+    listed = {p.strip() for p in h1["numbers"]["crossing_prompts"].split(",") if p.strip()}
+    assert crossing <= listed  # a crossing prompt with no weight on the unit in the zone has no row
+    page = (repo / "reports/demo/report.html").read_text()
+    assert page.count("<mark>") == len(contexts) and 'id="sec-contexts"' in page
+
+
+def test_audit_and_verify_speak_json_with_study_id_and_lock_digest_at_the_top(scratch):
+    """`audit --json` and `verify --json` name what they are about first: the study and the lock in force."""
+    lock_digest = json.loads((scratch / "preregistrations/demo/prereg.lock.json").read_text())["lock_digest"]
+    audited = json.loads(lockstep("audit", "preregistrations/demo", "--json", cwd=scratch).stdout)
+    written = ledger(scratch, "demo")
+    assert (audited["study_id"], audited["lock_digest"]) == ("demo", lock_digest) == (written["study_id"], written["lock_digest"])
+    assert {c["hypothesis"]: c["status"] for c in audited["claims"]} == status(scratch, "demo")
+    assert [(r["run_id"], r["status"], r["review_status"]) for r in audited["runs"]] == \
+        [(r["run_id"], r["status"], r["review_status"]) for r in written["runs"]]
+    verified = json.loads(lockstep("verify", "preregistrations/demo", "--json", cwd=scratch).stdout)
+    assert (verified["study_id"], verified["lock_digest"], verified["ok"]) == ("demo", lock_digest, True)
+    (scratch / "preregistrations/demo/prereg.lock.json").unlink()  # no lock to read: the folder names it, no digest
+    broken = lockstep("verify", "preregistrations/demo", "--json", cwd=scratch, check=False)
+    assert broken.returncode == 1
+    assert (json.loads(broken.stdout)["study_id"], json.loads(broken.stdout)["lock_digest"]) == ("demo", None)

@@ -45,7 +45,7 @@ CHROMIUM_FLAGS = (
     "--no-first-run",
     "--window-size=1280,1600",
 )
-ROUTING_SECTIONS = ("sec-heatmap", "sec-strip", "sec-null", "sec-class-register", "sec-wsq")
+ROUTING_SECTIONS = ("sec-heatmap", "sec-strip", "sec-null", "sec-class-register", "sec-wsq", "sec-contexts")
 ABLATION_SECTIONS = ("sec-heatmap", "sec-null", "sec-ablation")
 LEADING = ("sec-deviations", "sec-ledger", "sec-runs", "sec-claims")
 NAMESPACE_URLS = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}

@@ -137,6 +137,14 @@ def test_make_capture_demo(tmp_path, models_root):
     for run_id in ("sampled", "greedy"):
         assert (root / "runs" / "demo" / run_id / "manifest.json").is_file()
     assert read_journal(study).entries[-1]["stage"] == "capture"
+    # stderr is a pipe here: no bar of lockstep's or of transformers', and the libraries' notices are not printed
+    # as lockstep's; they are in the manifest, summed up in one line at most
+    notices = json.loads((root / "runs" / "demo" / "sampled" / "manifest.json").read_text())["runtime_notices"]
+    assert "Loading weights" not in result.stderr and "capture demo/" not in result.stderr and "it/s" not in result.stderr
+    summary = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert not [line for line in result.stderr.splitlines() if "[transformers]" in line and line not in summary]
+    assert len(summary) == (1 if notices else 0) and all(n.startswith(("[transformers] ", "[huggingface_hub] ")) for n in notices)
+    assert len(set(notices)) == len(notices)
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -254,3 +262,98 @@ def test_capturing_complete_runs_again_does_not_load_the_model(demo_capture, tmp
     assert again == [run_dirs[r["id"]] for r in frozen.spec["runtime"]["runs"]]
     with pytest.raises(WeightsNotFound):  # the same call with a run left to capture does load
         run_capture(frozen, runs_root=tmp_path / "empty", progress=False, model_path=tmp_path / "no-weights-here")
+
+
+# -- quiet, honest output --------------------------------------------------------------------------
+
+
+def test_the_progress_bar_draws_only_on_a_terminal_unless_asked(monkeypatch, capsys):
+    """tqdm's disable=None: a pipe or a log file gets no bar unless --progress asks; a terminal gets one."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from capture.designs.routing import _Progress
+
+    def draw(enabled):
+        bar = _Progress("capture demo/sampled", 4, 0, enabled)
+        bar.update(4, 40)
+        bar.close()
+
+    draw(None)   # stderr is pytest's capture, not a terminal
+    assert capsys.readouterr().err == ""
+    draw(True)
+    assert "capture demo/sampled" in capsys.readouterr().err
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    with os.fdopen(follower, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        draw(None)
+        terminal.flush()
+        monkeypatch.undo()
+    assert b"capture demo/sampled" in os.read(leader, 4096)
+    os.close(leader)
+
+
+def test_library_output_silences_transformers_bars_and_keeps_its_notices(tmp_path, capfd):
+    """Saving and loading a real tiny model draws transformers' bars ('Writing model shards', 'Loading weights')
+    unless progress is off; a transformers warning goes to the list, once, never to stderr; all restored after."""
+    import logging
+
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    from capture.notices import library_output, summary
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))
+    say = hf_logging.get_logger("transformers.integrations.hub_kernels")
+    before = (list(logging.getLogger("transformers").handlers), logging.getLogger("transformers").propagate)
+    hf_logging.enable_progress_bar()   # as a fresh process has them (whatever an earlier test left)
+    assert before[0]   # transformers prints through its own stderr handler
+    with library_output(False) as notices:
+        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+        model.save_pretrained(tmp_path / "quiet")
+        GPT2LMHeadModel.from_pretrained(tmp_path / "quiet")
+        say.warning("`kernel_fn` is falling back to its reference PyTorch implementation. This is correct")
+        say.warning("`kernel_fn` is falling back to its reference PyTorch implementation. This is correct")
+    quiet = capfd.readouterr()
+    assert "Writing model shards" not in quiet.err and "Loading weights" not in quiet.err and "falling back" not in quiet.err
+    assert notices == ["[transformers] `kernel_fn` is falling back to its reference PyTorch implementation. This is correct"]
+    assert summary(notices).startswith("note: 1 notice(s) from the model libraries during capture, not from lockstep")
+    assert summary([]) is None
+    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()   # restored
+    with library_output(True):
+        model.save_pretrained(tmp_path / "loud")
+        GPT2LMHeadModel.from_pretrained(tmp_path / "loud")
+    assert "Writing model shards" in capfd.readouterr().err
+    root = logging.getLogger("transformers")
+    assert (root.handlers, root.propagate) == before   # transformers' own handler is back
+
+
+def test_the_demo_does_not_ask_to_commit_its_lock(tmp_path, models_root):
+    """`lockstep demo` freezes, captures, labels and audits; it never tells the user to commit the demo's lock
+    (a plain `prereg` does), and with stderr a pipe it draws no bar."""
+    from studyrepo import commit_all, copy_study, git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    copy_study("demo", repo)
+    commit_all(repo, "add demo")
+    _share_models(models_root, repo / "runs")
+    result = subprocess.run([PYTHON, "-m", "lockstep", "demo"], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "commit the lock now" not in result.stdout + result.stderr and "git commit" not in result.stdout
+    assert "the demo's lock stays uncommitted" in result.stdout and "lockstep new" in result.stdout
+    assert (repo / "reports" / "demo" / "ledger.json").is_file()
+    assert "capture demo/" not in result.stderr and "Loading weights" not in result.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    copy_study("demo", other)
+    commit_all(other, "add demo")
+    plain = subprocess.run([PYTHON, "-m", "lockstep", "prereg", "demo"], cwd=other, capture_output=True, text=True)
+    assert plain.returncode == 0 and "commit the lock now" in plain.stdout

@@ -65,7 +65,7 @@ def test_layout_and_manifest(demo_capture):
     for run_id, run_dir in paths.items():
         files = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
         assert files == ["events.parquet", "manifest.json", "texts.parquet", "topk/idx.npy",
-                         "topk/tokens.parquet", "topk/weight.npy", "units.parquet"]
+                         "topk/tokens.parquet", "topk/vocab.parquet", "topk/weight.npy", "units.parquet"]
         m = json.loads((run_dir / "manifest.json").read_text())
         assert m["study_id"] == "demo" and m["run_id"] == run_id
         assert m["lock_digest"] == frozen.lock_digest

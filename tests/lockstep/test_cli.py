@@ -106,6 +106,25 @@ def test_version_and_help():
     assert "verify" in run("--help").stdout
 
 
+PIPELINE = ["new", "validate", "prereg", "amend", "capture", "label", "audit", "review", "verify", "bundle", "sign",
+            "timestamp", "check-writeup", "cite", "demo"]
+
+
+def test_help_lists_commands_in_pipeline_order_each_with_an_example_and_its_exit_codes():
+    from click.testing import CliRunner
+
+    from lockstep.cli import cli
+
+    text = CliRunner().invoke(cli, ["--help"]).output
+    listed = [line.split()[0] for line in text.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed[: len(PIPELINE)] == PIPELINE and set(listed) == set(cli.commands)
+    for name in listed:
+        out = CliRunner().invoke(cli, [name, "--help"]).output
+        examples = [line.strip() for line in out.splitlines() if line.strip().startswith("Example: ")]
+        assert len(examples) == 1 and examples[0].startswith(f"Example: lockstep {name}"), (name, out)
+        assert "Exit codes: 0 " in out, (name, out)
+
+
 def test_a_study_is_named_by_name_or_path_and_validate_speaks_json(demo_study):
     repo = demo_study.parent.parent
     by_name = run("validate", "demo", "--json", cwd=repo / "preregistrations")   # from a folder below the repo root

@@ -209,3 +209,54 @@ def test_judge_template_must_show_the_text(demo):
         "judge: {model: judges/tiny, revision: v1, template: 'Label it: {labels}'}\n")
     [problem] = _problems(demo)
     assert problem == "rubric.yaml:6 /judge/template: has no {text} placeholder; the judge must see the text it labels"
+
+
+def test_a_schema_error_does_not_hide_cross_file_errors(demo):
+    # one schema error (a type) and two cross-file errors in the parts that parsed: a hypothesis naming a threshold
+    # thresholds.yaml lacks, and a claim whose direction contradicts its analysis' tails
+    def edit(d):
+        d["runtime"]["batch_size"] = "eight"
+        d["hypotheses"][0]["thresholds"].append("min_effect_typo")
+        d["hypotheses"][0]["direction"] = "less"
+    _edit_yaml(demo / "study.yaml", edit)
+    problems = _problems(demo)
+    assert any("/runtime/batch_size: expected integer" in p for p in problems)
+    assert any("/hypotheses/0/thresholds/3: names threshold 'min_effect_typo', which is not in thresholds.yaml" in p
+               for p in problems)
+    assert any("/hypotheses/0/direction: is 'less' but analysis 'A1' tests tails 'greater'" in p for p in problems)
+
+
+def test_a_schema_error_in_a_block_skips_only_the_rules_that_read_it(demo):
+    # /runtime/runs is broken (a run without its id): the rules reading runs cannot run, the others still do
+    _edit_yaml(demo / "study.yaml", lambda d: (d["runtime"]["runs"][0].pop("id"), d["hypotheses"][1].update(analysis="A9")))
+    problems = _problems(demo)
+    assert any("/runtime/runs/0: 'id' is a required property" in p for p in problems)
+    assert any("/hypotheses/1/analysis: names analysis 'A9', which is not defined" in p for p in problems)
+
+
+@pytest.mark.parametrize("value", [0.5, 0, -0.05, 0.21])
+def test_alpha_outside_0_to_0_2_is_refused_naming_the_field(demo, value):
+    _edit_yaml(demo / "thresholds.yaml", lambda d: d["thresholds"]["alpha"].update(value=value))
+    [problem] = _problems(demo)
+    assert problem.startswith("thresholds.yaml:")
+    assert f"/thresholds/alpha/value: is {value}, but a significance level must lie in (0, 0.2]" in problem
+
+
+@pytest.mark.parametrize("value", [0.2, 0.001])
+def test_alpha_inside_the_range_is_accepted(demo, value):
+    _edit_yaml(demo / "thresholds.yaml", lambda d: d["thresholds"]["alpha"].update(value=value))
+    assert load_study(demo).thresholds["alpha"] == value
+
+
+def test_a_threshold_no_hypothesis_uses_is_a_validate_warning(demo):
+    from studyrepo import invoke
+
+    _edit_yaml(demo / "thresholds.yaml",
+               lambda d: d["thresholds"].update(min_unused_gap={"value": 0.3, "description": "never listed"}))
+    result = invoke("validate", str(demo), cwd=demo.parent)
+    assert result.exit_code == 0, result.output
+    assert "warning: threshold 'min_unused_gap' in thresholds.yaml is used by no hypothesis" in result.stderr
+    as_json = json.loads(invoke("validate", str(demo), "--json", cwd=demo.parent).stdout)
+    assert any("'min_unused_gap'" in w for w in as_json["warnings"])
+    clean = invoke("validate", str(copy_study("demo", demo.parent / "other")), cwd=demo.parent)
+    assert "is used by no hypothesis" not in clean.stderr
