@@ -266,7 +266,7 @@ def _check_design_fit(study: Parsed, prompts: Parsed, rubric: Parsed, add) -> No
             add("study.yaml", study, f"/analyses/{i}/kind",
                 f"{analysis['kind']!r} does not apply to a {design.name} study; it offers {', '.join(design.analysis_kinds)}")
     if design.plan_block in _BLOCK_CHECKS:
-        _BLOCK_CHECKS[design.plan_block](spec, targets, splits, study, add)
+        _BLOCK_CHECKS[design.plan_block](spec, targets, splits, study, add, classes={r["class"] for r in prompts.data})
     if design.needs_labels and rubric.data["kind"] == "none":
         add("rubric.yaml", rubric, "/kind", f"is 'none' but a {design.name} study labels generated text; use lexicon, judge or human")
 
@@ -423,8 +423,18 @@ def _check_sampling_plan(spec: dict, records: list[dict], study: Parsed, add) ->
                 f"after exclusions, but prompts.jsonl has only {per_class[name]}: the rule could never be met")
 
 
-def _check_ablation_block(spec: dict, targets: dict, splits: set[str], study: Parsed, add) -> None:
+def _check_ablation_block(spec: dict, targets: dict, splits: set[str], study: Parsed, add, *, classes: set[str]) -> None:
     ablation = spec["ablation"]
+    captured = {ablation["kind"], *ablation.get("sensitivity_kinds", [])}
+    for i, analysis in enumerate(spec["analyses"]):
+        kind = analysis.get("ablation_kind")
+        if kind is not None and kind not in captured:
+            add("study.yaml", study, f"/analyses/{i}/ablation_kind", f"reads the {kind!r} ablation, which capture does not make "
+                f"(/ablation/kind is {ablation['kind']!r}; add {kind!r} to /ablation/sensitivity_kinds)")
+    for name in (ablation.get("min_pairs_after_exclusions") or {}):
+        if name not in classes:
+            add("study.yaml", study, f"/ablation/min_pairs_after_exclusions/{name}", f"names pair class {name!r}, which no "
+                f"pair has (classes: {', '.join(sorted(classes))}): the stopping rule would never apply to it")
     for key in ("combined", "combined_only"):
         for j, tid in enumerate(ablation.get(key, [])):
             if tid not in targets:
