@@ -10,6 +10,7 @@ parts (``wsq_decomposition``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -91,7 +92,7 @@ def _applies(rule: dict, analysis: dict) -> bool:
 
 
 def _by_class(rows: pd.DataFrame) -> str:
-    return ", ".join(f"{c} {n}" for c, n in rows["prompt_class"].value_counts().sort_index().items())
+    return ", ".join(f"{c} {n}" for c, n in _class_counts(rows).items())
 
 
 def _exclude(frozen, prompts: pd.DataFrame, analysis: dict, out: Outcome) -> pd.DataFrame:
@@ -251,6 +252,30 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
 _TOKEN_ZONES = {"prefill": ("prefill",), "generated": ("trimmed", "spill"), "trimmed": ("trimmed",), "spill": ("spill",)}
 
 
+def _topk(run_dir: Path):
+    """A run's per-token top-k (rows, expert ids, weights: memory-mapped) and its vocabulary, read once per
+    run however many analyses ask (keyed by the files' size and mtime, so a rewritten file is read again);
+    None when the run stored none."""
+    topk = Path(run_dir) / "topk"
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(topk.glob("*")) if f.is_file()) \
+        if topk.is_dir() else ()
+    return _read_topk(topk, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_topk(topk: Path, stamp: tuple):
+    if not (topk / "idx.npy").is_file() or not (topk / "tokens.parquet").is_file():
+        return None
+    tokens = pq.read_table(topk / "tokens.parquet").to_pandas()
+    idx, weight = np.load(topk / "idx.npy", mmap_mode="r"), np.load(topk / "weight.npy", mmap_mode="r")
+    vocab, joiner = {}, " "
+    if (topk / "vocab.parquet").is_file():
+        table = pq.read_table(topk / "vocab.parquet")
+        vocab = dict(zip(table.column("token_id").to_pylist(), table.column("text").to_pylist()))
+        joiner = (table.schema.metadata or {}).get(b"joiner", b" ").decode()
+    return tokens, idx, weight, vocab, joiner
+
+
 def token_contexts(run: RunData, analysis: dict, values: pd.DataFrame, *, top: int = 5, window: int = 8) -> pd.DataFrame | None:
     """Where the unit carried its routed weight: for each compared group its ``top`` tokens by the unit's
     weight in the analysis's zone, and for each crossing prompt its heaviest token, each with ``window``
@@ -259,24 +284,17 @@ def token_contexts(run: RunData, analysis: dict, values: pd.DataFrame, *, top: i
 
     ``values`` is the analysis's rows of ``target_values`` (the prompts it compared, after exclusions).
     """
-    topk = run.run_dir / "topk"
-    if not (topk / "idx.npy").is_file() or not (topk / "tokens.parquet").is_file():
+    stored = _topk(run.run_dir)
+    if stored is None:
         return None
     layer, _, expert = parse_unit_id(analysis["unit"])
     layers = [m["layer"] for m in run.manifest.get("moe_layers", [])]
     if layer not in layers:
         return None
     li = layers.index(layer)
-    tokens = pq.read_table(topk / "tokens.parquet").to_pandas()
-    idx, weight = np.load(topk / "idx.npy", mmap_mode="r"), np.load(topk / "weight.npy", mmap_mode="r")
-    tokens["w"] = np.where(np.asarray(idx[:, li, :]) == expert, np.asarray(weight[:, li, :], dtype=np.float64), 0.0).sum(axis=1)
+    tokens, idx, weight, vocab, joiner = stored
+    tokens = tokens.assign(w=np.where(np.asarray(idx[:, li, :]) == expert, np.asarray(weight[:, li, :], dtype=np.float64), 0.0).sum(axis=1))
     tokens = tokens[tokens["zone"].isin(_TOKEN_ZONES[analysis["zone"]]) & tokens["prompt_id"].isin(values["prompt_id"])]
-    vocab_path = topk / "vocab.parquet"
-    vocab, joiner = {}, " "
-    if vocab_path.is_file():
-        table = pq.read_table(vocab_path)
-        vocab = dict(zip(table.column("token_id").to_pylist(), table.column("text").to_pylist()))
-        joiner = (table.schema.metadata or {}).get(b"joiner", b" ").decode()
     text = lambda tid: vocab.get(int(tid), f"<{int(tid)}>")  # noqa: E731
     by_prompt = {pid: g.sort_values("position") for pid, g in tokens.groupby("prompt_id")}
     group_col = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
