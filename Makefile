@@ -7,7 +7,7 @@ STUDY ?= demo
 STUDY_DIR := preregistrations/$(STUDY)
 STAMP := $(VENV)/.installed
 
-.PHONY: venv prereg capture audit demo test verify browser clean-venv
+.PHONY: venv prereg capture audit demo demo-discovery demo-trained train-demo test verify browser clean-venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,20 @@ verify: venv
 
 demo: venv
 	$(BIN)/lockstep demo
+
+# Retrain the committed trained demo models (models/trained-moe, models/trained-heads) from their seeds; a few minutes on CPU.
+train-demo: venv
+	$(BIN)/python tools/train_demo.py
+
+# Discovery to confirmation, on the planted model and on its null twin, in a scratch git repository
+# (runs/demo-discovery/): discover, propose, freeze, capture, audit, verify (tools/demo_discovery.sh).
+demo-discovery: venv
+	tools/demo_discovery.sh planted
+
+# The same flow on the models trained here (models/, tools/train_demo.py): units no one chose by hand
+# (runs/demo-trained/).
+demo-trained: venv
+	tools/demo_discovery.sh trained
 
 # The report test opens report.html in a real headless Chromium (Debian's chromium + chromium-driver).
 browser:

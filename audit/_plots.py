@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "minibar",
     "null_histogram",
     "slug",
+    "source_trace_heatmap",
     "target_strips",
     "wsq_bars",
 ]
@@ -443,6 +445,62 @@ def ablation_drops(frame: pd.DataFrame, *, threshold: float | None, means: dict[
     ax.set_ylabel("margin drop under ablation (logits)")
     ax.grid(axis="y", color="#eaeef2", lw=0.8, zorder=0)
     ax.legend(loc="upper left")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Source tracing: restored fraction per source layer x position
+
+
+def _position_order(labels: Sequence[str]) -> list[str]:
+    """Named positions and indices from the start first (as listed), then offsets from the end, furthest first."""
+    labels = list(dict.fromkeys(str(x) for x in labels))
+    ends = sorted((x for x in labels if re.fullmatch(r"-\d+", x)), key=int)
+    return [x for x in labels if x not in ends] + ends
+
+
+@_styled
+def source_trace_heatmap(frame: pd.DataFrame) -> Figure:
+    """Source layer x position heatmaps of the mean restored fraction, one panel per target (rows of
+    ``tables/source_trace.parquet`` for one analysis), on a diverging scale centred at 0 that spans at
+    least -1..1, each cell labelled with its mean and n; the claim's cell ringed."""
+    positions = _position_order(frame["position"].astype(str))
+    layers = sorted(int(x) for x in frame["layer"].unique())
+    targets = sorted(frame["target"].astype(str).unique())
+    finite = frame["mean"].astype(float).to_numpy()
+    finite = finite[np.isfinite(finite)]
+    bound = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#eaeef2")
+    norm = Normalize(vmin=-bound, vmax=bound)
+    panel = float(np.clip(1.2 + 0.7 * len(positions), 3.0, 8.0))
+    fig = _new_figure(min(9.2, 1.2 + panel * len(targets)), float(np.clip(1.3 + 0.42 * len(layers), 2.4, 6.0)))
+    axes = fig.subplots(1, len(targets), squeeze=False)[0]
+    for ax, target in zip(axes, targets):
+        part = frame[frame["target"].astype(str) == target]
+        grid = np.full((len(layers), len(positions)), np.nan)
+        for _, row in part.iterrows():
+            grid[layers.index(int(row["layer"])), positions.index(str(row["position"]))] = float(row["mean"])
+        image = ax.imshow(grid, aspect="auto", interpolation="none", cmap=cmap, norm=norm)
+        image.set_gid(f"grid-{slug(target)}")
+        if len(positions) * len(layers) <= 120:
+            for _, row in part.iterrows():
+                y, x = layers.index(int(row["layer"])), positions.index(str(row["position"]))
+                value = float(row["mean"])
+                text = "—" if not np.isfinite(value) else f"{value:.2f}"
+                ax.text(x, y, f"{text}\nn={int(row['n_pairs'])}", ha="center", va="center", fontsize=7.5,
+                        color="white" if np.isfinite(value) and abs(value) > 0.6 * bound else INK)
+        for _, row in part[part["is_claim_cell"].astype(bool)].iterrows():
+            y, x = layers.index(int(row["layer"])), positions.index(str(row["position"]))
+            ring = ax.add_patch(Rectangle((x - 0.48, y - 0.48), 0.96, 0.96, fill=False, ec=TARGET, lw=2.2))
+            ring.set_gid(f"claim-cell-{slug(target)}")
+        ax.set_title(_lit(target))
+        ax.set_xticks(range(len(positions)), [_lit(p, 16) for p in positions])
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers])
+        ax.set_xlabel("patched position")
+    axes[0].set_ylabel("source layer (its input)")
+    bar = fig.colorbar(image, ax=list(axes), fraction=0.05, pad=0.02)
+    bar.set_label(f"mean {_lit(frame['metric'].iloc[0]) if len(frame) else 'restored fraction'}")
+    bar.outline.set_visible(False)
     return fig
 
 

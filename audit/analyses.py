@@ -40,6 +40,7 @@ class Settings:
     exact_cap: int
     seed: int
     n_boot: int = 1999
+    engine: str = "numpy"  # where the max-T scan runs (study `inference.engine`; stats.use_backend)
 
 
 
@@ -92,7 +93,8 @@ def record_baseline(out: Outcome, analysis: dict, result, ids: list[str], target
                         "family_size": int(result.family_size), "best_unit": result.best_unit,
                         "best_statistic": float(result.best_statistic), "critical_statistic": float(result.critical_value),
                         "observed_statistic": float(result.target_statistic), "n_relabelings": int(result.n_resamples),
-                        "exact": bool(result.exact), "dropped_units": len(result.dropped_units)})
+                        "exact": bool(result.exact), "dropped_units": len(result.dropped_units),
+                        "engine": result.engine})
     for t in targets:
         j = ids.index(t)
         out.numbers[f"{t}_rank"] = int(result.rank[j])

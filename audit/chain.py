@@ -56,6 +56,30 @@ def verify_stage_order(ctx: Context) -> str:
     return note + (f"; POST-HOC amendment(s) {post_hoc} (made after scores were seen; the ledger shows them)" if post_hoc else "")
 
 
+def verify_discovery(ctx: Context) -> str:
+    """A study proposed from a discovery run (``discovery_source``): that run is in the discovery study's intact
+    journal, finished before this study's freeze, and read none of this study's pairs
+    (:func:`lockstep.propose.check_discovery_source`). A discovery study: its discover entries read only
+    its discovery split (the pair digests they journaled are all of that split)."""
+    from lockstep.gate import require_frozen
+    from lockstep.propose import check_discovery_source, pair_digest
+
+    frozen = require_frozen(ctx.study_dir)
+    freeze_entry = ctx.journal.entries[0]
+    said = check_discovery_source(ctx.root, frozen.spec, frozen.prompts, frozen_at=freeze_entry["finished_utc"],
+                                  base=_base(ctx))
+    discovers = ctx.journal.stages("discover")
+    if discovers:
+        split = (frozen.spec.get("discovery") or {}).get("split", "discovery")
+        allowed = {pair_digest(p) for p in frozen.prompts if p["split"] == split}
+        for e in discovers:
+            outside = set(e.get("details", {}).get("pair_digests", [])) - allowed
+            if outside:
+                raise ChainBroken(f"discover entry {e['seq']} read {len(outside)} pair(s) outside the discovery split {split!r}")
+        said += f"; {len(discovers)} discovery run(s) here read only the {split!r} split"
+    return said
+
+
 def verify_capture_commit(ctx: Context) -> str:
     lock_commit = ctx.lock["git"]["commit"]
     captures = [e for e in ctx.journal.entries if e["stage"] == "capture"]
@@ -79,6 +103,8 @@ def _folders_written(ctx: Context, entry: dict) -> list[str]:
         return [f"{root}/{study_id}/{run}/" for run in details.get("runs", [])]
     if entry["stage"] == "audit":
         return [f"{artifacts.REPORTS}/{study_id}/"]
+    if entry["stage"] == "discover" and details.get("folder"):
+        return [details["folder"].rstrip("/") + "/"]
     return []
 
 
@@ -90,7 +116,7 @@ def artifacts_in_force(ctx: Context) -> tuple[dict[str, tuple[str, int]], dict[s
     files: dict[str, tuple[str, int]] = {}
     folders: dict[str, int] = {}
     for e in ctx.journal.entries:
-        if e["stage"] not in ("capture", "label", "audit"):
+        if e["stage"] not in ("capture", "label", "audit", "discover", "review"):  # a review redraws the report
             continue
         for folder in _folders_written(ctx, e):
             files = {p: v for p, v in files.items() if not p.startswith(folder)}
@@ -105,6 +131,8 @@ def _tool_file(rel: str) -> str | None:
     parts = rel.split("/")
     if artifacts.WORK in parts:
         return "/".join(parts[: parts.index(artifacts.WORK) + 1]) + "/ (an interrupted capture's scratch folder; rerun `lockstep capture` to clean it)"
+    if parts[-1].endswith(".pending"):
+        return f"{rel} (a review's redrawn report not yet moved into place; rerun `lockstep review` to finish it)"
     if parts[-1] == SHEET_KEY:
         return f"{rel} (the key of a blinded labelling sheet)"
     if rel.endswith(BUNDLE_SUFFIX):
@@ -153,7 +181,8 @@ def verify_artifacts(ctx: Context) -> str:
         else:
             checked += 1
     if problems:
-        raise LockMismatch("artifacts differ from what the journal recorded:\n" + "\n".join(f"  - {p}" for p in problems),
+        raise LockMismatch("artifacts differ from what the journal recorded:\n" + "\n".join(f"  - {p}" for p in problems)
+                           + "".join(f"\n  beside them: {n}" for n in noted),
                            hint="restore them, or rerun the stage that wrote them; runs/ and reports/ are not in git, "
                                 "so on another machine verify the study's bundle (`lockstep bundle`), which carries them")
     note = f"; beside them, not outputs: {'; '.join(noted)}" if noted else ""
@@ -214,7 +243,7 @@ def verify_evidence(ctx: Context) -> str:
     return f"ordering evidence: {ctx.evidence.summary()}; trust: allowed signers {ctx.evidence.allowed_signers}, TSA CA {ctx.evidence.tsa_ca}"
 
 
-CHAIN_STEPS = [verify_stage_order, verify_capture_commit, verify_artifacts, verify_ledger, verify_approvals, verify_evidence]
+CHAIN_STEPS = [verify_stage_order, verify_discovery, verify_capture_commit, verify_artifacts, verify_ledger, verify_approvals, verify_evidence]
 
 
 def reviewer_steps(*, staged: bool = False, bundle: bool = False) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -123,13 +124,15 @@ def review(study_dir: Path, approve: bool, reject: bool, reviewer: str, note: st
 
     from lockstep import artifacts
     from lockstep.errors import StageRefused
-    from lockstep.fsio import sha256_file
+    from lockstep.fsio import atomic_write, sha256_bytes, sha256_file
     from lockstep.gate import require_frozen
     from lockstep.journal import append_entry
 
     from .ledger import LEDGER, content_digest, reports_dir
 
     frozen = require_frozen(study_dir)
+    if finish_pending_report(frozen):
+        click.echo(f"{frozen.study_id}: finished an interrupted review (its redrawn report moved into place)")
     ledger = reports_dir(frozen) / LEDGER
     if not ledger.exists():
         raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `make audit STUDY={frozen.study_id}` first")
@@ -137,14 +140,70 @@ def review(study_dir: Path, approve: bool, reject: bool, reviewer: str, note: st
 
     check_audited(frozen, ledger)  # a reviewer approves the ledger the audit wrote, nothing else
     rel = artifacts.repo_relative(ledger, frozen.repo_root)
-    append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)}, outputs={}, access_level="scores_seen",
-                 lock_digest=frozen.lock_digest, details={"decision": "approve" if approve else "reject", "reviewer": reviewer,
-                                                          "note": note, "ledger_digest": content_digest(json.loads(ledger.read_text()))})
+    decision = "approve" if approve else "reject"
+    digest = content_digest(json.loads(ledger.read_text()))
+    # the report shows the review without recomputing the audit: drawn with it first, journaled with its digest,
+    # then moved into place (a review killed in between is finished by the next `lockstep review`, see finish_pending_report)
+    page, report = redraw_with_review(frozen, digest, {"reviewer": reviewer, "decision": decision, "note": note})
+    pending = report.with_name(report.name + PENDING)
+    atomic_write(pending, page)
+    append_entry(frozen.root, "review", inputs={rel: sha256_file(ledger)},
+                 outputs={artifacts.repo_relative(report, frozen.repo_root): sha256_bytes(page)}, access_level="scores_seen",
+                 lock_digest=frozen.lock_digest, details={"decision": decision, "reviewer": reviewer, "note": note,
+                                                          "ledger_digest": digest})
+    os.replace(pending, report)
     if reject:
-        click.echo(f"{frozen.study_id}: rejection by {reviewer} recorded ({note}); the claims stay pending_review")
+        click.echo(f"{frozen.study_id}: rejection by {reviewer} recorded ({note}) and shown in {report}; the claims stay pending_review")
         return
-    click.echo(f"{frozen.study_id}: approval by {reviewer} recorded; signed by {reviewer} (an allowed signer), it counts: "
-               f"run `make audit STUDY={frozen.study_id}` to print the ledger as approved")
+    click.echo(f"{frozen.study_id}: approval by {reviewer} recorded and shown in {report}; signed by {reviewer} (an allowed "
+               f"signer), it counts, and the next audit prints the ledger's claims as approved")
+
+
+PENDING = ".pending"
+
+
+def redraw_with_review(frozen, ledger_digest: str, review: dict) -> tuple[bytes, Path]:
+    """The report page of the audited ledger with ``review`` added to its reviews (as the journal will hold it),
+    drawn from the audit's outputs (no statistic is recomputed), and the report's path."""
+    import dataclasses
+
+    from lockstep.fsio import utc_now
+
+    from .ledger import reports_dir
+    from .report import REPORT_NAME, draw_report, study_context
+
+    context = study_context(frozen, ledger_digest)
+    added = {**review, "utc": utc_now(), "covers_this_ledger": True}
+    context = dataclasses.replace(context, reviews=tuple(context.reviews) + (added,))
+    out = reports_dir(frozen)
+    return draw_report(out, context), out / REPORT_NAME
+
+
+def finish_pending_report(frozen) -> bool:
+    """A review killed between its journal entry and moving its redrawn report into place left
+    ``report.html.pending`` whose digest the entry recorded: move it into place (True), or drop a stale one."""
+    from lockstep.fsio import sha256_file
+
+    from .ledger import reports_dir
+    from .report import REPORT_NAME
+
+    report = reports_dir(frozen) / REPORT_NAME
+    pending = report.with_name(report.name + PENDING)
+    if not pending.is_file():
+        return False
+    reviews = frozen.journal.stages("review")
+    recorded = reviews[-1]["outputs"].get(artifacts_rel(frozen, report)) if reviews else None
+    if recorded is not None and recorded == sha256_file(pending):
+        os.replace(pending, report)
+        return True
+    pending.unlink()
+    return False
+
+
+def artifacts_rel(frozen, path: Path) -> str:
+    from lockstep import artifacts
+
+    return artifacts.repo_relative(path, frozen.repo_root)
 
 
 @click.command("check-writeup")

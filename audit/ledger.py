@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lockstep import __version__, artifacts, witness
+import stats
+from lockstep import __version__, artifacts, variants, witness
 from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, sha256_file, utc_now
 from lockstep.journal import append_entry
 from lockstep.records import LEDGER as LEDGER_SCHEMA
@@ -46,7 +47,8 @@ def _settings(frozen) -> Settings:
     perms = inference["permutations"]
     boot = inference.get("bootstrap", {})
     return Settings(alpha=frozen.thresholds[inference["alpha_threshold"]], n_resamples=perms["n_resamples"],
-                    exact_cap=perms["exact_cap"], seed=perms["seed"], n_boot=boot.get("n_resamples", 1999))
+                    exact_cap=perms["exact_cap"], seed=perms["seed"], n_boot=boot.get("n_resamples", 1999),
+                    engine=inference.get("engine", "numpy"))
 
 
 def content_digest(ledger: dict) -> str:
@@ -79,7 +81,13 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
     settings = _settings(frozen)
     outcomes: dict[str, Outcome] = {}
     for analysis in frozen.analyses:
-        outcomes[analysis["id"]] = analysis_for(frozen.design, analysis["kind"])(frozen, analysis, runs, settings)
+        # variants are kept apart unless compared: runs captured on different model identities are not pooled
+        refused = variants.pooling_refusal(analysis, {r: runs(r).manifest for r in analysis.get("runs", [])})
+        if refused:
+            outcomes[analysis["id"]] = Outcome(analysis["id"], analysis["kind"], not_established=refused)
+            continue
+        with stats.use_backend(settings.engine):  # the max-T scan's backend; the ledger records what ran
+            outcomes[analysis["id"]] = analysis_for(frozen.design, analysis["kind"])(frozen, analysis, runs, settings)
     agreements = run_agreements(frozen, cache)  # rubric human_arm: human vs lexicon kappa per run (audit/label.py)
     claims = []
     for hypothesis in frozen.spec["hypotheses"]:
@@ -116,6 +124,8 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
         "runs": _run_cards(frozen, cache, claims),
         "claims": claims,
     }
+    if frozen.spec.get("discovery_source"):
+        ledger["discovery"] = _discovery(frozen)
     annotate_run_cards(ledger["runs"], agreements)
     ledger = _set_review_status(frozen, _clean(ledger))
     ledger["evidence"] = _evidence(frozen)
@@ -125,6 +135,65 @@ def compute(frozen) -> tuple[dict, dict[str, pd.DataFrame]]:
         for name, frame in outcome.tables.items():
             tables[name] = pd.concat([tables[name], frame], ignore_index=True) if name in tables else frame
     return ledger, tables
+
+
+def _discovery(frozen) -> dict:
+    """The discovery run a proposed study came from, checked again (:func:`lockstep.propose.check_discovery_source`):
+    the ledger names it, and the audit refuses a study whose discovery no longer checks out."""
+    from lockstep.propose import check_discovery_source
+
+    source = frozen.spec["discovery_source"]
+    check = check_discovery_source(frozen.repo_root, frozen.spec, frozen.prompts,
+                                   frozen_at=frozen.journal.entries[0]["finished_utc"])
+    out = {**{k: source[k] for k in ("study", "study_id", "journal_seq", "entry_sha256", "record_sha256")},
+           "probe": source.get("probe"), "ranked": list(source.get("ranked", [])), "check": check,
+           "note": "discovery is exploratory: it chose the targets; no number of it enters a verdict"}
+    return out | _discovery_tables(frozen, source)
+
+
+def _discovery_tables(frozen, source: dict, top: int = 8) -> dict:
+    """The discovery's best candidates (and, for a routing scan, the proposed unit's heaviest tokens), read
+    from the tables its discover entry recorded, each checked against the entry's digest; a note instead
+    when they are not on this machine (runs/ is not in git)."""
+    from lockstep.journal import read_journal
+
+    base = Path(frozen.repo_root)
+    entry = read_journal(base / source["study"]).entries[source["journal_seq"]]
+    found = {}
+    for name in ("candidates.parquet", "contexts.parquet"):
+        rel = next((p for p in entry["outputs"] if p.endswith("/_discovery/" + name)), None)
+        if rel is None:
+            continue
+        path = artifacts.from_journal(base, rel)
+        if not path.is_file() or sha256_file(path) != entry["outputs"][rel]:
+            return {"tables_note": f"{rel} is not on this machine as its discover entry recorded it; the ranking is "
+                                   "the study.yaml's discovery_source.ranked"}
+        found[name] = pd.read_parquet(path)
+    candidates = found.get("candidates.parquet")
+    if candidates is None:
+        return {}
+    if "probe" in candidates.columns:  # an ablation discovery: the probe the study was proposed from
+        rows = candidates[candidates["probe"] == "head_attribution"].sort_values("rank").head(top)
+        cols = {"unit": "unit", "rank": "rank", "mean": "score", "top_k_frequency": "top_k_frequency", "exact_mean": "exact"}
+        names = {"score_name": "mean attribution drop", "second_name": "share of pairs with it in their top k"}
+    elif "W_diff" in candidates.columns:  # a routing scan with a contrast: by the difference of pooled W
+        rows = candidates.sort_values(["W_diff", "unit"], ascending=[False, True]).head(top)
+        rows = rows.assign(rank=range(1, len(rows) + 1))
+        cols = {"unit": "unit", "rank": "rank", "W_diff": "score", "W": "top_k_frequency"}
+        names = {"score_name": "pooled W, a minus b", "second_name": "pooled W"}
+    else:  # a routing scan: the best of each layer, by pooled W
+        rows = candidates.sort_values(["rank_in_layer", "W"], ascending=[True, False]).head(top)
+        cols = {"unit": "unit", "rank_in_layer": "rank", "W": "score", "S": "top_k_frequency"}
+        names = {"score_name": "pooled W (rank: in its layer)", "second_name": "pooled S"}
+    table = [{new: (v.item() if hasattr(v, "item") else v) for old, new in cols.items() for v in [row[old]]}
+             for _, row in rows.iterrows()]
+    out = {"candidates": _clean(table), **names}
+    contexts = found.get("contexts.parquet")
+    if contexts is not None and len(contexts) and source.get("ranked"):
+        mine = contexts[contexts["unit"] == source["ranked"][0]]
+        out["contexts"] = [{"prompt_id": r.prompt_id, "zone": r.zone, "weight": float(r.weight), "before": r.before,
+                            "token": r.token, "after": r.after} for r in mine.itertuples()]
+    return out
 
 
 def _evidence(frozen) -> dict:

@@ -63,18 +63,25 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "wsq": ("analysis_id", "unit", "group", "W", "S", "Q"),
     "ablation_pairs": ("analysis_id", "pair_id", "pair_class", "baseline_margin", "ablated_margin", "drop"),
     "ablation_summary": ("analysis_id", "quantity", "estimate", "ci_low", "ci_high"),
+    "source_trace": ("analysis_id", "target", "metric", "layer", "position", "n_pairs", "mean", "ci_low", "ci_high",
+                     "is_claim_cell"),
+    "basin_layers": ("analysis_id", "layer", "jaccard", "n_tokens", "top_k"),
+    "sae_features": ("analysis_id", "feature", "active_pairs", "mean_drop", "mean_activation", "p_value", "p_adjusted",
+                     "is_claimed"),
 }
 
 
 @dataclass(frozen=True)
 class Section:
     """A figure section: its id, title, the table it draws, and the analysis kinds that write that table.
-    A study's page has the section when its design record lists one of those kinds."""
+    A study's page has the section when its design record lists one of those kinds (``only_when_used``: and a
+    claim of the study is decided by one: a comparison most routing studies never make)."""
 
     id: str
     title: str
     table: str
     kinds: tuple[str, ...]
+    only_when_used: bool = False
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -86,6 +93,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("sec-wsq", "W / S / Q", "wsq", ("wsq_decomposition",)),
     Section("sec-contexts", "Token contexts of the target", "contexts", ("two_group",)),
     Section("sec-ablation", "Ablation: margin drop per pair", "ablation_pairs", ("ablation_drop", "specificity")),
+    Section("sec-source", "Source tracing: where the signal enters", "source_trace", ("source_trace",), only_when_used=True),
+    Section("sec-basin", "Routing-basin comparison", "basin_layers", ("basin_comparison",), only_when_used=True),
 )
 
 _TOP_UNITS = 10
@@ -136,6 +145,8 @@ def _decoding_text(run: Mapping[str, Any]) -> str:
         return "sampled" + (f" ({', '.join(parts)})" if parts else "")
     if run.get("decoding") in (None, "none"):
         return "forward passes only (nothing generated)"
+    if run.get("decoding") == "teacher_forced":
+        return f"teacher-forced re-reading of run {run.get('source_run')}, variant {run.get('variant') or 'base'}"
     return str(run["decoding"])
 
 
@@ -214,12 +225,15 @@ def render_report(report_dir: Path, context: ReportContext | None = None) -> Pat
     The file is written to a temporary file in ``report_dir`` and renamed over ``report.html``,
     so a reader never sees half a report. The same inputs give the same bytes.
     """
-    report_dir = Path(report_dir)
-    inputs = _load_inputs(report_dir)
-    page = _environment().get_template("report.html.j2").render(page=_Page(inputs, context).build())
-    out = report_dir / REPORT_NAME
-    atomic_write(out, page.encode("utf-8"))
+    out = Path(report_dir) / REPORT_NAME
+    atomic_write(out, draw_report(report_dir, context))
     return out
+
+
+def draw_report(report_dir: Path, context: ReportContext | None = None) -> bytes:
+    """The bytes :func:`render_report` writes (``lockstep review`` draws the page before it journals its digest)."""
+    inputs = _load_inputs(Path(report_dir))
+    return _environment().get_template("report.html.j2").render(page=_Page(inputs, context).build()).encode("utf-8")
 
 
 # ============================================================================================
@@ -384,7 +398,9 @@ class _Page:
 
     def build(self) -> dict[str, Any]:
         led = self.ledger
-        sections = [self._section(s) for s in SECTIONS if set(s.kinds) & set(self.design.analysis_kinds)]
+        used = {str((c.get("analysis_spec") or {}).get("kind")) for c in self.claims}
+        sections = [self._section(s) for s in SECTIONS if set(s.kinds) & set(self.design.analysis_kinds)
+                    and (not s.only_when_used or set(s.kinds) & used)]
         counts = [(s, sum(1 for c in self.claims if c["status"] == s)) for s in CLAIM_STATUSES]
         level = led.get("evidence") or led.get("evidence_level") or "self-attested"
         level_detail = ""
@@ -397,6 +413,7 @@ class _Page:
             "unit_kind": self.design.unit_kind,
             "evidence_level": str(level), "evidence_level_detail": level_detail,
             "evidence_level_known": str(level) in _EVIDENCE_LEVELS,
+            "discovery": led.get("discovery"),
             "first": self._first_screen(),
             "claim_counts": [(s, n) for s, n in counts if n],
             "n_claims": len(self.claims),
@@ -484,7 +501,15 @@ class _Page:
             evidence.append({"point": p["point"], "name": p["name"], "word": word,
                              "label": word.replace("_", " "), "fact": p["fact"], "caps": p.get("caps")})
         return {**claim, "evidence": evidence, "numbers_sorted": sorted((claim.get("numbers") or {}).items()),
-                "figures": self.figures_by_analysis.get(str(claim["analysis"]), [])}
+                "figures": self.figures_by_analysis.get(str(claim["analysis"]), []),
+                "sae_features": self._sae_features(str(claim["analysis"]))}
+
+    def _sae_features(self, analysis: str, top: int = 10) -> list[dict[str, Any]]:
+        """An sae_knockdown analysis's best features (tables/sae_features holds them all)."""
+        frame = self.tables.get("sae_features")
+        if frame is None:
+            return []
+        return frame[frame["analysis_id"] == analysis].head(top).to_dict("records")
 
     # ---------------------------------------------------------------- figure sections
 
@@ -492,7 +517,8 @@ class _Page:
         frame = self.tables.get(section.table)
         build = {"sec-heatmap": self._heatmaps, "sec-strip": self._strips, "sec-null": self._nulls,
                  "sec-class-register": self._class_register, "sec-wsq": self._wsq,
-                 "sec-contexts": self._contexts, "sec-ablation": self._ablation}[section.id]
+                 "sec-contexts": self._contexts, "sec-ablation": self._ablation,
+                 "sec-source": self._source_traces, "sec-basin": self._basins}[section.id]
         figures = [] if frame is None else build(frame)
         return {"id": section.id, "title": section.title, "available": frame is not None,
                 "reason": self.reasons.get(section.table, ""), "figures": figures}
@@ -642,6 +668,30 @@ class _Page:
                                     threshold=threshold, summary=rows,
                                     target=str(sub["target"].iloc[0]) if "target" in sub.columns else "",
                                     mode=str(sub["mode"].iloc[0]) if "mode" in sub.columns else ""))
+        return out
+
+
+    def _source_traces(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """One figure per source_trace analysis: a heatmap of mean restored fraction per source layer x position,
+        a panel per target."""
+        out = []
+        for analysis in _analyses(frame):
+            sub = frame[frame["analysis_id"] == analysis]
+            fid = f"fig-source-{plots.slug(analysis)}"
+            out.append(self._figure("source", analysis, "source-trace heatmap",
+                                    svg=self._svg(plots.source_trace_heatmap(sub, fig_id=fid), fid),
+                                    targets=sorted(sub["target"].astype(str).unique()), metric=str(sub["metric"].iloc[0]),
+                                    cells=sub[sub["is_claim_cell"].astype(bool)].to_dict("records"),
+                                    n_pairs=int(sub["n_pairs"].max()) if len(sub) else 0))
+        return out
+
+    def _basins(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """One table per basin_comparison: the ledger's summary of the two variants, then top-k overlap per layer."""
+        out = []
+        for analysis in _analyses(frame):
+            sub = frame[frame["analysis_id"] == analysis].sort_values("layer")
+            out.append(self._figure("basin", analysis, "basin comparison", numbers=self._numbers(analysis),
+                                    layers=sub.to_dict("records")))
         return out
 
 

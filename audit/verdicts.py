@@ -104,7 +104,8 @@ class Verdict:
 
 
 # Warnings that make a claim whose primary criterion passed only partly held.
-NAMED_WARNINGS = ("best_not_target", "spill_in_zone", "register_not_above_class")
+# sae_low_variance_explained: an SAE knockdown read through an SAE that reconstructs the activation poorly.
+NAMED_WARNINGS = ("best_not_target", "spill_in_zone", "register_not_above_class", "sae_low_variance_explained")
 
 
 def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], design: Design) -> Verdict:
@@ -127,6 +128,11 @@ def decide(hypothesis: dict, outcome: Outcome, thresholds: dict[str, float], des
         return Verdict("not_established", why, criteria, parameters)
     if hypothesis["direction"] == "none_expected":
         return _none_expected(outcome, criteria, parameters)
+    if outcome.facts.get("decided_by_bounds"):  # a descriptive comparison (basin_comparison): its bounds are its test
+        failed = [c for c in criteria if not c.passed]
+        if failed:
+            return Verdict("fell", f"the preregistered criterion failed: {'; '.join(c.text for c in failed)} ({outcome.primary_text})",
+                           criteria, parameters)
     if not outcome.primary_passed:
         return Verdict("fell", f"the primary criterion failed: {outcome.primary_text}", criteria, parameters)
     failed = [c for c in criteria if not c.passed and c.name != "alpha"]

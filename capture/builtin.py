@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from lockstep.errors import CaptureError
+from lockstep.lexicon import builtin_words
 from lockstep.fsio import atomic_write, canonical_json, sha256_bytes
 
 BUILDER_VERSION = "builtin-v2"
@@ -76,15 +76,11 @@ BASE_WORDS = tuple(
     """.split()
 )
 
-_WORD = re.compile(r"\w+|[^\w\s]+")
 
 
 def words_of(texts: Iterable[str]) -> set[str]:
     """The words the builtin tokenizer splits ``texts`` into (lower-cased, punctuation apart)."""
-    out: set[str] = set()
-    for text in texts:
-        out.update(_WORD.findall(text.lower()))
-    return out
+    return builtin_words(texts)
 
 
 def builtin_vocabulary(extra_words: Iterable[str] = ()) -> list[str]:
@@ -111,13 +107,20 @@ def build_spec(builtin: dict[str, Any], extra_words: Iterable[str] = ()) -> dict
             "strength": float(plant["strength"]),
         }
         extra_words = set(extra_words) | set(plant["tokens"])
-    return {
+    spec = {
         "builder": BUILDER_VERSION,
         "name": name,
         "seed": int(builtin.get("seed", 0)),
         "plant": plant,
         "vocabulary": builtin_vocabulary(extra_words),
     }
+    # variant options (a basin comparison's second model): present only when set, so a plain build keeps its digest
+    if builtin.get("perturb"):
+        p = builtin["perturb"]
+        spec["perturb"] = {"layers": sorted(int(x) for x in p["layers"]), "scale": float(p["scale"]), "seed": int(p["seed"])}
+    if builtin.get("rewire"):
+        spec["rewire"] = {"expert": int(builtin["rewire"]["expert"])}
+    return spec
 
 
 def spec_digest(spec: dict[str, Any]) -> str:
@@ -222,6 +225,39 @@ def _plant_carry(model, d: torch.Tensor, ids: list[int], gen: torch.Generator) -
     router -= torch.outer(router @ e, e)
 
 
+def _variant_options(model, spec: dict[str, Any]) -> None:
+    """A builtin variant for the basin comparison, applied after the seeded build (so the rest is the same model).
+
+    ``rewire``: the planted expert's router row at the planted layer is swapped with another expert's, so the
+    planted routing moves to that expert. ``perturb``: each router row of the named layers gets Gaussian noise
+    of ``scale`` times its norm, drawn from its own seeded generator (deterministic, and the base weights'
+    draws are untouched).
+    """
+    n_layers, n_experts = model.config.num_hidden_layers, model.config.num_experts
+    rewire, perturb = spec.get("rewire"), spec.get("perturb")
+    with torch.no_grad():
+        if rewire is not None:
+            plant = spec["plant"]
+            if plant is None:
+                raise CaptureError("builtin rewire moves the planted expert's routing, but the model has no plant",
+                                   hint="set /model/builtin/plant, or drop rewire")
+            other = rewire["expert"]
+            if not 0 <= other < n_experts or other == plant["expert"]:
+                raise CaptureError(f"builtin rewire expert {other} must be another expert of 0..{n_experts - 1}")
+            router = model.model.layers[plant["layer"]].mlp.gate.weight
+            router[[plant["expert"], other]] = router[[other, plant["expert"]]].clone()
+        if perturb is not None:
+            bad = [x for x in perturb["layers"] if not 0 <= x < n_layers]
+            if bad:
+                raise CaptureError(f"builtin perturb layer(s) {bad} outside the builtin model's 0..{n_layers - 1}")
+            gen = torch.Generator().manual_seed(perturb["seed"])
+            for layer in perturb["layers"]:
+                router = model.model.layers[layer].mlp.gate.weight
+                noise = torch.randn(router.shape, generator=gen)
+                noise /= noise.norm(dim=1, keepdim=True)
+                router += perturb["scale"] * router.norm(dim=1, keepdim=True) * noise
+
+
 def build_model(spec: dict[str, Any]):
     """Build the seeded tiny model for ``spec`` (see :func:`build_spec`); in float32, eval mode."""
     from transformers import Qwen3_5MoeForCausalLM
@@ -236,6 +272,7 @@ def build_model(spec: dict[str, Any]):
         raise CaptureError(f"plant layer {plant['layer']} is outside the builtin model's 0..3")
     if plant is not None and not 0 <= plant["expert"] < model.config.num_experts:
         raise CaptureError(f"plant expert {plant['expert']} is outside the builtin model's 0..7")
+    _variant_options(model, spec)
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id
     return model.eval()

@@ -170,3 +170,62 @@ def _write_entry(frozen, root: Path, todo: list[Path], outputs: dict[str, str], 
         details["uncommitted_lock"] = uncommitted  # a deviation: no commit witnessed the freeze before this capture
     append_entry(frozen.root, STAGE, inputs=inputs, outputs=outputs, access_level=ACCESS_LEVEL, lock_digest=frozen.lock_digest,
                  details=details, started_utc=started)
+
+
+@click.command("discover")
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--runs-root", type=click.Path(path_type=Path), default=None,
+              help="Where <study>/_discovery/ goes (default: <repo>/runs).")
+@click.option("--model-path", type=click.Path(path_type=Path), default=None,
+              help="A local folder with the weights, instead of the study's model source.")
+@click.option("--device-map", default=None, help='Passed to from_pretrained, e.g. "auto" across GPUs.')
+@click.option("--allow-deviation", is_flag=True, help="Record runtime deviations instead of refusing.")
+@click.option("--allow-uncommitted-lock", is_flag=True,
+              help="Run although the lock is not committed; the journal entry records it.")
+@click.option("--progress/--no-progress", default=None, help="Library progress bars (default: only on a terminal).")
+@signs_new_entries
+def discover(study_dir: Path, runs_root, model_path, device_map, allow_deviation, allow_uncommitted_lock=False,
+             progress=None) -> None:
+    """Screen every head slot for the signal on the discovery split only (exploratory).
+
+    Runs the frozen study's `discovery` probes (logit lens, layer and per-slot attribution patching, an
+    exact-patching check of the best slots) on the pairs of its discovery split, writes
+    runs/<study>/_discovery/, and journals the pairs it read (ids and content digests), so that a study
+    proposed from it (`lockstep propose`) can be checked to confirm on pairs discovery never read.
+
+    \b
+    Example: lockstep discover preregistrations/demo-discover && lockstep propose preregistrations/demo-discover --out preregistrations/demo-confirm
+    Exit codes: 0 done; 1 refused (freeze altered, lock uncommitted, the fence); 2 usage or not frozen; 3 weights not found.
+    """
+    from lockstep.gate import require_frozen
+    from lockstep.journal import append_entry
+
+    from .discover import RECORD, run_discovery
+
+    frozen = require_frozen(study_dir)
+    uncommitted = require_committed_lock(frozen.root, frozen.repo_root, allow=allow_uncommitted_lock)
+    started = utc_now()
+    root = artifacts.runs_root_of(frozen, runs_root)
+    folder, record = run_discovery(frozen, runs_root=root, model_path=model_path, progress=progress,
+                                   device_map=device_map, allow_deviation=allow_deviation)
+    repo = Path(frozen.repo_root)
+    outputs = {artifacts.repo_relative(folder / name, repo): digest for name, digest in record["outputs"].items()}
+    outputs[artifacts.repo_relative(folder / RECORD, repo)] = sha256_file(folder / RECORD)
+    inputs = {artifacts.repo_relative(f, repo): sha256_file(f) for f in _plan_in_force(frozen)}
+    details = {"split": record["split"], "pairs_read": len(record["pairs_read"]), "probes": record["probes"],
+               "pair_digests": sorted(set(record["pairs_read"].values())),  # the fence verify checks, from the journal alone
+               "weights_sha256": record["model"].get("weights_sha256"),
+               "runs_root": artifacts.repo_relative(root, repo), "folder": artifacts.repo_relative(folder, repo)}
+    if uncommitted:
+        details["uncommitted_lock"] = uncommitted
+    # discovery reads the discovery split only: no confirmatory data are seen, so the access level does not rise
+    entry = append_entry(frozen.root, "discover", inputs=inputs, outputs=outputs, access_level="nothing_run",
+                         lock_digest=frozen.lock_digest, details=details, started_utc=started)
+    best = [f"{r}" for r in record["ranked"][:3]] if "ranked" in record else []
+    click.echo(f"{folder}: {len(record['pairs_read'])} discovery {'prompts scanned' if record.get('design') == 'routing' else 'pairs screened'}"
+               + (f"; best {'units by pooled W' if record.get('design') == 'routing' else 'slots by attribution'}: {', '.join(best)}" if best else "")
+               + (f"; exact check Spearman rho {record['exact_check']['spearman_rho']:.2f}"
+                  if record.get("exact_check", {}).get("spearman_rho") is not None else "")
+               + (f"; special tokens generated: {' '.join(f'{n} {t}' for t, n in record['spill']['special_tokens_generated'].items()) or 'none'}"
+                  if record.get("spill") else ""))
+    click.echo(f"journal entry {entry['seq']} (discover); next: lockstep propose {frozen.root} --out <new study folder>")

@@ -190,3 +190,47 @@ def decode_batch(
         np.concatenate(log_tok).astype(np.int64),
         np.concatenate(log_zone).astype(np.int64),
     )
+
+
+def teacher_force_batch(
+    model,
+    prompts: list[list[int]],
+    generations: list[list[int]],
+    finish_reasons: list[str | None],
+    *,
+    trim_ids: set[int],
+    pad_id: int,
+    recorder=None,
+) -> BatchDecode:
+    """Re-read given generations: one forward per batch over each prompt and the generated tokens it fed back.
+
+    A generation of ``n`` tokens was read as its first ``n - 1`` (the last is never fed back; see
+    :mod:`capture.zones`), so each row is ``prompt + generated[:-1]``, left-padded, and its routing rows fall
+    in the zones decoding gave them. No token is chosen: ``rows`` carry the given generations unchanged,
+    so the tables of a teacher-forced run line up token for token with its source run's.
+    """
+    n = len(prompts)
+    read = [list(p) + list(g[:-1]) for p, g in zip(prompts, generations)]
+    width = max(len(r) for r in read)
+    device = model.get_input_embeddings().weight.device
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    zone = np.full((n, width), -1, dtype=np.int64)
+    for r, (p, g, seq) in enumerate(zip(prompts, generations, read)):
+        start = width - len(seq)
+        ids[r, start:] = torch.tensor(seq, dtype=torch.long)
+        mask[r, start:] = 1
+        zone[r, start : start + len(p)] = PREFILL
+        trim_at = next((j for j, t in enumerate(g) if t in trim_ids), len(g))
+        zone[r, start + len(p) :] = [generated_zone(j, trim_at) for j in range(len(seq) - len(p))]
+    real = mask.numpy().astype(bool)
+    pos = np.cumsum(real, axis=1) - 1
+    if recorder is not None:
+        slots = np.where(zone >= 0, np.arange(n)[:, None] * N_DISJOINT + np.maximum(zone, 0), N_DISJOINT * n)
+        recorder.set_slots(torch.from_numpy(slots.ravel().astype(np.int64)))
+    with torch.inference_mode():
+        model(input_ids=ids.to(device), attention_mask=mask.to(device),
+              position_ids=torch.from_numpy(np.maximum(pos, 0)).to(device), use_cache=False, logits_to_keep=1)
+    rows = [RowResult(list(p), list(g), reason) for p, g, reason in zip(prompts, generations, finish_reasons)]
+    return BatchDecode(rows, np.repeat(np.arange(n), width).astype(np.int64), pos.ravel().astype(np.int64),
+                       ids.numpy().ravel().astype(np.int64), zone.ravel())

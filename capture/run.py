@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lockstep import artifacts
+from lockstep import artifacts, variants
 from lockstep.designs import design_of
 from lockstep.errors import CaptureError, UsageError
 from lockstep.fsio import sha256_file
@@ -113,18 +113,22 @@ def run_capture(
     if all(store.is_complete() for store in stores):
         return [store.root for store in stores]  # nothing to capture: do not load the model
     with library_output(progress) as notices:  # the libraries' notices go to the manifest, not among lockstep's lines
-        source = runtime.resolve_model(frozen, root, model_path)  # a builtin model is built (and saved) here
-        identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
-        found = runtime.source_deviations(frozen, source, identity, runtime.first_capture_identity(root, frozen.study_id))
-        runtime.refuse_deviations(found, allow_deviation)
-        setup = module.setup(frozen, source, identity, overrides, runtime.resolve_device_map(frozen, device_map), options)
-        setup.ld.notices = notices  # the same list, still filling: each manifest records those seen by its end
-        found = found + runtime.deviations(frozen, setup.ld.facts, overrides)
-        runtime.refuse_deviations(found, allow_deviation)
-        work = module.prepare(frozen, setup, overrides)
-        for run, store in zip(runs, stores):
-            if not store.is_complete():
-                module.capture_run(frozen, run, setup, work, store, shard=shard, progress=progress, deviations=found)
+        for name, group in runtime.variant_groups(frozen, runs, stores):
+            # each model variant is loaded for its own runs; the study as that variant sees it (its model block
+            # and runtime surface) is what every later step reads, so each manifest records the variant it ran
+            view = runtime.variant_view(frozen, name)
+            source = runtime.resolve_model(view, root, model_path if name == variants.BASE else None)  # builtin: built here
+            identity = folder_identity(source.path)  # hashed (once per file, cached) before the slow load
+            first = runtime.first_capture_identity(root, frozen.study_id, variant=name)
+            found = runtime.source_deviations(view, source, identity, first)
+            runtime.refuse_deviations(found, allow_deviation)
+            setup = module.setup(view, source, identity, overrides, runtime.resolve_device_map(view, device_map), options)
+            setup.ld.notices = notices  # the same list, still filling: each manifest records those seen by its end
+            found = found + runtime.deviations(view, setup.ld.facts, overrides)
+            runtime.refuse_deviations(found, allow_deviation)
+            work = module.prepare(view, setup, overrides)
+            for run, store in group:
+                module.capture_run(view, run, setup, work, store, shard=shard, progress=progress, deviations=found)
     return [store.root for store in stores]
 
 

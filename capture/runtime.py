@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockstep import artifacts
+from lockstep import artifacts, variants
 from lockstep.errors import CaptureError, UsageError, WeightsNotFound
 from lockstep.fsio import sha256_bytes
 from lockstep.models import (
@@ -46,6 +46,7 @@ def prompt_texts(frozen) -> list[str]:
 def study_words(frozen) -> set[str]:
     """Words of the prompts and the rubric lexicon: what a builtin tokenizer must cover."""
     words = builtin.words_of(prompt_texts(frozen))
+    words |= set((frozen.spec["model"].get("builtin") or {}).get("vocabulary_words", []))  # a proposed study's
     sets = (frozen.rubric or {}).get("lexicon", {}).get("sets", {}) or {}
     for members in sets.values():
         words |= builtin.words_of(str(m) for m in members)
@@ -157,8 +158,8 @@ def template_facts(tok, runtime: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def first_capture_identity(runs_root: Path, study_id: str) -> dict[str, Any] | None:
-    """The model identity the study's first completed capture recorded (None before any)."""
+def first_capture_identity(runs_root: Path, study_id: str, variant: str = variants.BASE) -> dict[str, Any] | None:
+    """The model identity the study's first completed capture of model ``variant`` recorded (None before any)."""
     found = []
     for manifest_path in sorted((Path(runs_root) / study_id).glob(f"*/{artifacts.MANIFEST}")):
         try:
@@ -166,6 +167,8 @@ def first_capture_identity(runs_root: Path, study_id: str) -> dict[str, Any] | N
         except (OSError, ValueError):
             continue
         model = manifest.get("model", {})
+        if (manifest.get("variant") or variants.BASE) != variant:
+            continue
         if model.get("weights_sha256"):
             found.append((manifest.get("started_utc") or "", manifest.get("run_id"), model))
     if not found:
@@ -221,6 +224,23 @@ def refuse_deviations(found: list[dict[str, Any]], allow_deviation: bool) -> Non
         lines = "; ".join(f"{d['field']}: preregistered {d['preregistered']!r}, actual {d['actual']!r}" for d in found)
         raise CaptureError(f"the runtime differs from the preregistration: {lines}",
                            hint="run as preregistered, amend the study, or pass --allow-deviation to record it")
+
+
+def variant_view(frozen, name: str):
+    """The frozen study as model variant ``name`` sees it: its model block and runtime surface in ``spec``."""
+    import dataclasses
+
+    return dataclasses.replace(frozen, spec=variants.spec_for(frozen.spec, name))
+
+
+def variant_groups(frozen, runs: list[dict[str, Any]], stores) -> list[tuple[str, list]]:
+    """The runs still to capture, ``[(variant, [(run, store), ...])]``: each variant's generating runs, then
+    the teacher-forced runs (which re-read a generating run's texts, so come after it), in plan order."""
+    pending = [(run, store) for run, store in zip(runs, stores) if not store.is_complete()]
+    groups: dict[tuple[bool, str], list] = {}
+    for run, store in pending:
+        groups.setdefault((run["decoding"] == "teacher_forced", variants.variant_name(run)), []).append((run, store))
+    return [(key[1], group) for key, group in sorted(groups.items(), key=lambda item: item[0][0])]
 
 
 def select_runs(frozen, run_ids) -> list[dict[str, Any]]:
@@ -312,6 +332,8 @@ def base_manifest(frozen, run, ld: Loaded, config: dict[str, Any], started: str,
         },
         "tokenizer": {"loader": ld.tokenizer_loader, "template": ld.facts},
         "decoding": run, "batch_size": config["batch_size"], "deviations": deviations,
+        "variant": variants.variant_name(run),
+        "runtime_surface": {k: frozen.spec["runtime"].get(k) for k in variants.SURFACE_FIELDS},
         "runtime_notices": list(ld.notices),
         "versions": package_versions(), "machine": machine_facts(), "git": git_info(frozen.root), "started_utc": started,
         "finished_utc": utc_now(),

@@ -18,16 +18,27 @@ Hook points are ``"<layer>.<where>"``:
   and everything after read ``x'``;
 * ``<l>.out`` -- the residual stream leaving layer ``l`` (a forward hook on the layer).
 
-Checkpoints are safetensors files holding ``W_enc [d_in, F]``, ``b_enc [F]``, ``W_dec [F, d_in]`` and
-``b_dec [d_in]`` (``nn.Linear`` style ``encoder.weight [F, d_in]`` / ``decoder.weight [d_in, F]`` and
-their biases are accepted too), with ``k`` in the file's metadata or given by the caller.
+Checkpoints hold ``W_enc [d_in, F]``, ``b_enc [F]``, ``W_dec [F, d_in]`` and ``b_dec [d_in]``
+(``nn.Linear`` style ``encoder.weight [F, d_in]`` / ``decoder.weight [d_in, F]`` and their biases are
+accepted too), in one of three formats (:func:`load_sae`):
 
-Not yet wired into study.yaml: the ablation block of ``schemas/study.schema.json`` has no field naming an
-SAE, a hook point and features, so this is library code that capture can call once the schema has one.
+* ``saelens``: a folder with ``cfg.json`` (``d_in``, ``d_sae``, ``k`` or ``activation_fn_kwargs.k``,
+  ``normalize_activations``) and ``sae_weights.safetensors``;
+* ``state_dict``: one ``.safetensors`` file (``k`` in its metadata or given by the study);
+* ``pt``: a ``torch.save``d state dict, read only through ``torch.load(weights_only=True)``.
+
+The SAE may expect its input normalised (:attr:`TopKSAE.scaling`): ``none``; ``scalar`` (it reads
+``scale * x``, SAELens ``expected_average_only_in`` with its estimated factor); ``token_norm`` (it reads
+``x * sqrt(d_in) / |x|`` per token, SAELens ``constant_norm_rescale``). Reconstructions and a
+feature's contribution are mapped back to the model's units by the same factor.
+
+A study names an SAE in ``ablation.saes`` and knocks its features down in an ``sae_knockdown`` analysis
+(:mod:`capture.designs.ablation_sae`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +64,8 @@ class TopKSAE:
     w_dec: torch.Tensor
     b_dec: torch.Tensor
     k: int
+    scaling: str = "none"      # none | scalar | token_norm: the input normalisation the SAE expects
+    scale: float = 1.0         # the factor of ``scalar`` scaling
 
     @property
     def d_in(self) -> int:
@@ -62,14 +75,24 @@ class TopKSAE:
     def n_features(self) -> int:
         return int(self.w_enc.shape[1])
 
+    def input_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., 1]``: the factor the SAE's input is ``x`` times (1, ``scale``, or ``sqrt(d_in)/|x|``)."""
+        if self.scaling == "token_norm":
+            return self.d_in ** 0.5 / x.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return torch.full((*x.shape[:-1], 1), float(self.scale) if self.scaling == "scalar" else 1.0, device=x.device)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature activations ``[..., F]`` (float32) of ``x [..., d_in]``."""
-        pre = (x.float() - self.b_dec.to(x.device)) @ self.w_enc.to(x.device) + self.b_enc.to(x.device)
+        """Feature activations ``[..., F]`` (float32) of ``x [..., d_in]`` (normalised as the SAE expects)."""
+        pre = (x.float() * self.input_scale(x) - self.b_dec.to(x.device)) @ self.w_enc.to(x.device) + self.b_enc.to(x.device)
         top = torch.topk(pre, self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.w_dec.to(z.device) + self.b_dec.to(z.device)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The SAE's reconstruction of ``x``, in the model's units (float32)."""
+        return self.decode(self.encode(x)) / self.input_scale(x)
 
 
 _ALIASES = {
@@ -80,35 +103,152 @@ _ALIASES = {
 }
 
 
-def load_topk_sae(path: Path, k: int | None = None) -> TopKSAE:
-    """Read a TopK SAE from a safetensors file (see the module docstring for the names it accepts)."""
-    from safetensors import safe_open
+FORMATS = ("saelens", "state_dict", "pt")
+SCALINGS = ("none", "scalar", "token_norm")
+SAELENS_CONFIG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+# SAELens cfg.json normalize_activations -> the scaling it means here
+_SAELENS_SCALING = {"none": "none", "expected_average_only_in": "scalar", "constant_norm_rescale": "token_norm"}
 
-    path = Path(path)
-    if not path.is_file():
-        raise CaptureError(f"SAE checkpoint not found at {path}", hint="give the path of a .safetensors file")
-    with safe_open(str(path), framework="pt") as handle:
-        names = set(handle.keys())
-        meta = handle.metadata() or {}
-        found = {}
-        for field, options in _ALIASES.items():
-            hit = next(((n, t) for n, t in options if n in names), None)
-            if hit is None:
-                raise CaptureError(f"{path} has no {field} (looked for {', '.join(n for n, _ in options)}; it has {sorted(names)})")
-            tensor = handle.get_tensor(hit[0]).float()
-            found[field] = tensor.T.contiguous() if hit[1] else tensor
-    if k is None:
-        raw = meta.get("k") or meta.get("top_k")
-        if raw is None:
-            raise CaptureError(f"{path} does not record k (metadata 'k' or 'top_k')", hint="pass k explicitly")
-        k = int(raw)
+
+def _pick(path: Path, names: set[str], get) -> dict[str, torch.Tensor]:
+    """The four SAE tensors under any accepted name, float32, in ``W_enc [d_in, F]`` orientation."""
+    found = {}
+    for name, options in _ALIASES.items():
+        hit = next(((n, t) for n, t in options if n in names), None)
+        if hit is None:
+            raise CaptureError(f"{path} has no {name} (looked for {', '.join(n for n, _ in options)}; it has {sorted(names)})",
+                               hint="save the SAE's W_enc, b_enc, W_dec and b_dec under these names")
+        tensor = get(hit[0])
+        if not isinstance(tensor, torch.Tensor):
+            raise CaptureError(f"{path}: {hit[0]} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.float()
+        found[name] = tensor.T.contiguous() if hit[1] else tensor
+    return found
+
+
+def _checked(path: Path, found: dict[str, torch.Tensor], k: int, scaling: str, scale: float) -> TopKSAE:
+    """A TopKSAE from ``found``, or one CaptureError naming the file and the field that is wrong."""
+    if found["w_enc"].dim() != 2:
+        raise CaptureError(f"{path}: w_enc has shape {tuple(found['w_enc'].shape)}; expected [d_in, width]")
     d_in, n = found["w_enc"].shape
-    if found["w_dec"].shape != (n, d_in) or found["b_enc"].shape != (n,) or found["b_dec"].shape != (d_in,):
-        raise CaptureError(f"{path}: inconsistent SAE shapes W_enc {tuple(found['w_enc'].shape)}, W_dec "
-                           f"{tuple(found['w_dec'].shape)}, b_enc {tuple(found['b_enc'].shape)}, b_dec {tuple(found['b_dec'].shape)}")
-    if not 1 <= k <= n:
+    expected = {"w_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)}
+    for name, shape in expected.items():
+        if tuple(found[name].shape) != shape:
+            raise CaptureError(f"{path}: {name} has shape {tuple(found[name].shape)}, but w_enc {tuple(found['w_enc'].shape)} "
+                               f"asks for {shape}", hint="the file does not hold one consistent SAE")
+    for name, tensor in found.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CaptureError(f"{path}: {name} holds {bad} NaN or infinite value(s)", hint="the checkpoint is damaged; re-export it")
+    if not 1 <= int(k) <= n:
         raise CaptureError(f"{path}: k = {k} is not between 1 and the {n} features")
-    return TopKSAE(found["w_enc"], found["b_enc"], found["w_dec"], found["b_dec"], int(k))
+    if scaling not in SCALINGS:
+        raise CaptureError(f"{path}: input normalisation {scaling!r} is not one of {', '.join(SCALINGS)}")
+    if scaling == "scalar" and not (np.isfinite(scale) and scale > 0):
+        raise CaptureError(f"{path}: scalar normalisation needs a positive finite scale, not {scale!r}")
+    return TopKSAE(found["w_enc"], found["b_enc"], found["w_dec"], found["b_dec"], int(k), scaling, float(scale))
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = set(handle.keys())
+            return _pick(path, names, handle.get_tensor), dict(handle.metadata() or {})
+    except SafetensorError as exc:
+        raise CaptureError(f"{path} is not a readable safetensors file ({exc})", hint="re-export the SAE with safetensors") from None
+
+
+def _read_pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptureError(f"{path} is not a plain state dict that torch.load(weights_only=True) accepts ({first})",
+                           hint="lockstep never unpickles arbitrary objects: save `sae.state_dict()` (tensors only) or "
+                                "convert the SAE to safetensors") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CaptureError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    meta = {"k": str(int(state["k"]))} if isinstance(state.get("k"), (int, torch.Tensor)) else {}
+    return _pick(path, {n for n, v in state.items() if isinstance(n, str)}, state.__getitem__), meta
+
+
+def _saelens_config(folder: Path) -> dict:
+    cfg_path = folder / SAELENS_CONFIG
+    if not cfg_path.is_file():
+        raise CaptureError(f"{folder} has no {SAELENS_CONFIG}", hint="an SAELens folder holds cfg.json and sae_weights.safetensors")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CaptureError(f"{cfg_path} is not JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise CaptureError(f"{cfg_path} is not a JSON object")
+    return cfg
+
+
+def load_sae(path: Path, fmt: str, *, k: int | None = None, scaling: str = "none", scale: float = 1.0,
+             width: int | None = None) -> TopKSAE:
+    """Read a TopK SAE in ``fmt`` (``saelens`` folder, ``state_dict`` safetensors, ``pt`` state dict).
+
+    ``k``, ``scaling``, ``scale`` and ``width`` are what the study says; a checkpoint that records a
+    different value (SAELens ``cfg.json``, safetensors metadata) is refused, naming the field.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise CaptureError(f"SAE format {fmt!r} is not one of {', '.join(FORMATS)}")
+    recorded: dict[str, object] = {}
+    if fmt == "saelens":
+        if not path.is_dir():
+            raise CaptureError(f"SAE folder not found at {path}", hint="an SAELens SAE is a folder with cfg.json and sae_weights.safetensors")
+        cfg = _saelens_config(path)
+        weights = path / SAELENS_WEIGHTS
+        if not weights.is_file():
+            raise CaptureError(f"{path} has no {SAELENS_WEIGHTS}")
+        found, _ = _read_safetensors(weights)
+        cfg_k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        if cfg_k is not None:
+            recorded["k"] = int(cfg_k)
+        norm = cfg.get("normalize_activations") or "none"
+        if norm not in _SAELENS_SCALING:
+            raise CaptureError(f"{path / SAELENS_CONFIG}: normalize_activations {norm!r} is not supported "
+                               f"(lockstep reads {', '.join(_SAELENS_SCALING)})")
+        recorded["scaling"] = _SAELENS_SCALING[norm]
+        for key, name in (("d_sae", "w_enc width"), ("d_in", "w_enc rows")):
+            have = int(found["w_enc"].shape[1 if key == "d_sae" else 0])
+            if key in cfg and int(cfg[key]) != have:
+                raise CaptureError(f"{path / SAELENS_CONFIG}: {key} is {cfg[key]}, but {weights.name} has {name} {have}")
+        source = path / SAELENS_CONFIG
+    else:
+        if not path.is_file():
+            raise CaptureError(f"SAE checkpoint not found at {path}", hint=f"give the path of the {fmt} file")
+        found, meta = _read_safetensors(path) if fmt == "state_dict" else _read_pt(path)
+        raw = meta.get("k") or meta.get("top_k")
+        if raw is not None:
+            recorded["k"] = int(raw)
+        source = path
+    if k is None:
+        if "k" not in recorded:
+            raise CaptureError(f"{path} does not record k (metadata 'k' or 'top_k')", hint="pass k explicitly")
+        k = int(recorded["k"])
+    elif "k" in recorded and int(recorded["k"]) != int(k):
+        raise CaptureError(f"{source}: k is {recorded['k']}, but the study says {k}", hint="make the study's /ablation/saes entry agree")
+    if "scaling" in recorded and recorded["scaling"] != scaling:
+        raise CaptureError(f"{source}: normalize_activations means {recorded['scaling']!r} input normalisation, but the study "
+                           f"says {scaling!r}", hint="make the study's /ablation/saes normalization agree with the checkpoint")
+    sae = _checked(path, found, int(k), scaling, scale)
+    if width is not None and sae.n_features != int(width):
+        raise CaptureError(f"{path}: the SAE has {sae.n_features} features, but the study says width {width}")
+    return sae
+
+
+def load_topk_sae(path: Path, k: int | None = None) -> TopKSAE:
+    """Read a TopK SAE from a safetensors state dict (see the module docstring for the names it accepts)."""
+    return load_sae(path, "state_dict", k=k)
 
 
 def _decoder_layers(model) -> nn.ModuleList:
@@ -179,7 +319,8 @@ class FeatureKnockdown:
         coeff = coeff * keep.to(x.device).view(-1, 1)
         self.activations = coeff[:, -1].double().cpu().numpy()
         delta = torch.zeros_like(x, dtype=torch.float32)
-        delta[:, cols] = -coeff.unsqueeze(-1) * self.sae.w_dec.to(x.device)[index].unsqueeze(1)
+        back = self.sae.input_scale(x[:, cols])                             # [R, T', 1]: to the model's units
+        delta[:, cols] = -(coeff.unsqueeze(-1) / back) * self.sae.w_dec.to(x.device)[index].unsqueeze(1)
         return delta
 
     @contextmanager

@@ -38,6 +38,8 @@ LABELS = "labels.parquet"
 PAIRS = "pairs.parquet"
 ABLATIONS = "ablations.parquet"
 BASELINE = "baseline.parquet"
+SAE_KNOCKDOWN = "sae_knockdown.parquet"
+SOURCE_TRACE = "source_trace.parquet"
 REFERENCE_MEANS = "reference_means.parquet"
 
 

@@ -70,7 +70,7 @@ def write_bundle(study_dir: Path, out: Path | None = None) -> Path:
     study_id = study_dir.name
     out = Path(out) if out else artifacts.reports_dir(root, study_id) / f"{study_id}{SUFFIX}"
     members = [study_dir, artifacts.default_runs_root(root) / study_id, artifacts.reports_dir(root, study_id)]
-    files = []
+    files = _discovery_members(study_dir, root)
     for folder in members:
         for path in sorted(folder.rglob("*")) if folder.exists() else []:
             if path.is_symlink():
@@ -93,6 +93,30 @@ def write_bundle(study_dir: Path, out: Path | None = None) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return out
+
+
+def _discovery_members(study_dir: Path, root: Path) -> list[Path]:
+    """A study proposed from a discovery run carries what verify reads of it: the discovery study's journal
+    (and its head) and the record and tables its discover entry wrote, where they are on this machine."""
+    import json
+
+    import yaml
+
+    try:
+        source = (yaml.safe_load((study_dir / "study.yaml").read_text(encoding="utf-8")) or {}).get("discovery_source")
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(source, dict) or not isinstance(source.get("study"), str):
+        return []
+    where = root / source["study"]
+    out = [where / name for name in ("JOURNAL.jsonl", "JOURNAL.head.json") if (where / name).is_file()]
+    try:
+        entry = json.loads((where / "JOURNAL.jsonl").read_bytes().splitlines()[int(source.get("journal_seq", -1))])
+        out += [root / rel for rel in entry.get("outputs", {})
+                if (root / rel).is_file() and _within((root / rel).resolve(), root.resolve())]
+    except (OSError, ValueError, IndexError, TypeError):
+        pass
     return out
 
 

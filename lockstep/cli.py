@@ -17,7 +17,7 @@ from .journal import read_journal
 from .witness import signs_new_entries
 
 
-PIPELINE_ORDER = ("new", "validate", "prereg", "amend", "capture", "label", "audit", "review", "verify", "bundle", "sign",
+PIPELINE_ORDER = ("new", "validate", "prereg", "amend", "discover", "propose", "capture", "label", "audit", "review", "verify", "bundle", "sign",
                   "timestamp", "check-writeup", "cite", "demo", "journal")
 
 
@@ -49,7 +49,8 @@ DEMO = "lockstep.demo"  # click context meta key: the command runs inside `locks
 def cli() -> None:
     """Preregister, capture, audit and verify mechanistic-interpretability claims.
 
-    A study goes through the commands in the order listed: new, validate, prereg, (amend), capture, label,
+    A study goes through the commands in the order listed: new, validate, prereg, (amend), (discover, propose:
+    a discovery study and the confirmatory study it proposes), capture, label,
     audit, review; a reviewer runs verify on the folder or its bundle. `lockstep COMMAND -h` shows an example.
 
     \b
@@ -203,6 +204,41 @@ def amend(study_dir: Path, replaces: tuple[str, ...], reason: str, seen: str | N
                          hint=f"lockstep amend {study_dir} --replace prompts.jsonl --reason 'why' --seen nothing_run")
     folder = start_amendment(study_dir, replaces=list(replaces), reason=reason, seen=seen)
     click.echo(f"opened {folder}: edit {', '.join(replaces)} there, commit, then run `lockstep amend {study_dir} --freeze`")
+
+
+@cli.command()
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The new study folder to write (must not exist).")
+@click.option("--study-id", default=None, help="The new study's id (default: the folder's name).")
+@click.option("--top", default=3, show_default=True, help="How many best-ranked head slots become targets.")
+@click.option("--probe", default="head_attribution", show_default=True, type=click.Choice(["head_attribution", "exact"]),
+              help="The ranking to take them from: per-slot attribution, or the exact-patching check of the best slots.")
+@click.option("--split", default="heldout", show_default=True, help="The split the confirmatory analyses read.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Set a threshold of the draft (repeatable); unset ones stay empty.")
+@click.option("--groups", default=None, metavar="A,B", help="Routing: the two prompt classes the draft compares (default: the study's two classes).")
+def propose(study_dir: Path, out: Path, study_id, top: int, probe: str, split: str, sets, groups) -> None:
+    """Draft a confirmatory study from the newest discovery run of a discovery study.
+
+    The draft's targets are the slots discovery ranked best; its prompts are every pair outside the
+    discovery split; its hypotheses test the slots' combined necessity, specificity and baseline rank on
+    SPLIT; its thresholds stay empty unless --set (validation refuses an empty one). It records the
+    discovery run it came from; `lockstep verify` checks that run preceded its freeze and read none of its pairs.
+
+    \b
+    Example: lockstep propose preregistrations/demo-discover --out preregistrations/demo-confirm --set min_mean_drop_logits=1.5
+    Exit codes: 0 written; 1 refused (no discovery run, a record that differs from its journal digest); 2 usage or not frozen.
+    """
+    from .propose import propose as draft
+
+    pair = tuple(g.strip() for g in groups.split(",")) if groups else None
+    if pair is not None and len(pair) != 2:
+        raise click.UsageError("--groups takes two classes, A,B")
+    done = draft(study_dir, out, study_id=study_id, top=top, probe=probe, split=split, sets=tuple(sets), groups=pair)
+    click.echo(f"{done['folder']}: draft study {done['study_id']!r} from discover entry {done['entry']}; targets "
+               f"{', '.join(done['targets'])}")
+    if done["missing"]:
+        click.echo(f"set these thresholds in {done['folder']}/thresholds.yaml before freezing: {', '.join(done['missing'])}")
+    click.echo(f"next: review it, then lockstep prereg {done['folder']}")
 
 
 @cli.command()
@@ -363,9 +399,9 @@ def demo(study_dir: Path, progress: bool | None) -> None:
 def _register_stage_commands() -> None:
     """Stage packages contribute their commands to the one group."""
     from audit.cli import audit, check_writeup, cite, label, review
-    from capture.cli import capture
+    from capture.cli import capture, discover
 
-    for command in (capture, label, audit, review, check_writeup, cite):
+    for command in (capture, discover, label, audit, review, check_writeup, cite):
         cli.add_command(command)
 
 

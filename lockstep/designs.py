@@ -38,6 +38,15 @@ ANALYSIS_DEFAULTS: Mapping[str, Mapping[str, object]] = MappingProxyType({
                       "test": "paired_sign_flip"},
     "specificity": {"pairs": "headline", "control": "control", "mode": "combined", "tails": "greater",
                     "statistic": "mean_diff", "test": "permutation", "null": "exchangeable"},
+    # one SAE feature knocked down at a time (error term kept), max-T over the features tested
+    "sae_knockdown": {"pairs": "headline", "position": "last", "features": "all_active", "min_active_pairs": 2,
+                      "tails": "greater", "statistic": "mean_drop", "test": "paired_sign_flip", "null": "symmetric",
+                      "correction": "maxT_stepdown", "min_variance_explained": 0.7},
+    "basin_comparison": {"zone": "trimmed"},
+    "duplicate_check": {},
+    # residual patching clean -> corrupted at each (source layer, position) of a grid, at the target slot and the margin
+    "source_trace": {"pairs": "headline", "metric": "margin_restored", "source_layers": "all", "positions": "all",
+                     "tails": "greater", "test": "paired_sign_flip", "null": "symmetric"},
 })
 
 
@@ -50,6 +59,17 @@ ANALYSIS_OUTPUTS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType
     "register_vs_class": {"quantities": ("p", "register_effect", "class_effect", "register_minus_class"), "parameters": ()},
     "wsq_decomposition": {"quantities": ("s_share", "p"), "parameters": ()},
     "ablation_drop": {"quantities": ("p", "mean_drop", "relative_drop"), "parameters": ()},
+    # the claim's feature: adjusted p, mean drop over its active pairs, how many; and the SAE's quality
+    "sae_knockdown": {"quantities": ("p", "mean_drop", "active_pairs", "variance_explained", "splice_margin_change"),
+                      "parameters": ()},
+    # a comparison of two model variants on identical tokens (the second run re-reads the first's texts)
+    "basin_comparison": {"quantities": ("rank_correlation", "correlation", "rank_correlation_s", "correlation_s", "jaccard",
+                                        "worst_layer_jaccard", "target_rank_a", "target_rank_b"), "parameters": ()},
+    # two runs of one variant must agree token by token (generated ids and top-k sets exactly; weights within a bound)
+    "duplicate_check": {"quantities": ("mismatched_tokens", "mismatched_topk", "weight_diff"), "parameters": ()},
+    # at the preregistered cell: mean restored fraction over pairs, its bootstrap interval, sign-flip p of mean > 0
+    "source_trace": {"quantities": ("p", "restored_fraction", "restored_fraction_ci_low", "restored_fraction_ci_high"),
+                     "parameters": ()},
     "specificity": {"quantities": ("p", "specificity_ratio", "mean_drop", "control_mean_drop", "relative_drop",
                                    "control_relative_drop"),
                     "parameters": ("control_drop_floor",)},
@@ -104,6 +124,11 @@ class Design:
     # Defaults that apply instead when an analysis names a field: kind -> (field, defaults). The ablation
     # all-slot baseline with a `control` class compares two groups of pairs (headline drop minus control drop).
     analysis_overrides_when: Mapping[str, tuple[str, Mapping[str, object]]] = field(default_factory=dict)
+    # What `lockstep discover` runs on a study of this design (None: no discovery): "probes" (attribution
+    # patching of head slots on contrastive pairs) or "scan" (the routing journal's scan), and the fields of
+    # the study's `discovery` block that apply to it.
+    discovery: str | None = None
+    discovery_fields: tuple[str, ...] = ()
 
     def outputs(self, kind: str) -> dict[str, tuple[str, ...]]:
         """What analysis ``kind`` computes in this design: ``{"quantities": ..., "parameters": ...}``."""
@@ -136,7 +161,8 @@ ROUTING = Design(
     unit_kind="expert",
     run_tables=(artifacts.MANIFEST, artifacts.TEXTS, artifacts.UNITS, artifacts.LABELS),
     optional_tables=(),
-    analysis_kinds=("two_group", "all_unit_baseline", "reproduction", "register_vs_class", "wsq_decomposition"),
+    analysis_kinds=("two_group", "all_unit_baseline", "reproduction", "register_vs_class", "wsq_decomposition",
+                    "basin_comparison", "duplicate_check"),
     evidence_type="natural",
     evidence_points=(1, 2, 3, 4, 5, 6, 7, 8),
     plan_block="capture",
@@ -144,6 +170,8 @@ ROUTING = Design(
     shardable=True,
     capping_points=(1, 2, 3, 6),
     extra_quantities={"all_unit_baseline": ("target_rank_upper", "p_target_first")},
+    discovery="scan",
+    discovery_fields=("max_new_tokens", "decoding", "top_units", "contexts", "window", "contrast"),
 )
 
 ABLATION = Design(
@@ -153,8 +181,8 @@ ABLATION = Design(
     needs_labels=False,
     unit_kind="head",
     run_tables=(artifacts.MANIFEST, artifacts.PAIRS, artifacts.ABLATIONS),
-    optional_tables=(artifacts.BASELINE,),
-    analysis_kinds=("ablation_drop", "specificity", "all_unit_baseline"),
+    optional_tables=(artifacts.BASELINE, artifacts.SAE_KNOCKDOWN, artifacts.SOURCE_TRACE),
+    analysis_kinds=("ablation_drop", "specificity", "all_unit_baseline", "sae_knockdown", "source_trace"),
     evidence_type="intervention",
     evidence_points=(8,),
     plan_block="ablation",
@@ -163,6 +191,8 @@ ABLATION = Design(
                                               "test": "paired_sign_flip", "null": "symmetric"}},
     analysis_overrides_when={"all_unit_baseline": ("control", {"statistic": "welch_t", "test": "permutation",
                                                                "null": "equal_means"})},
+    discovery="probes",
+    discovery_fields=("pairs", "probes", "top_k", "exact_check"),
 )
 
 DESIGNS: Mapping[str, Design] = MappingProxyType({d.name: d for d in (ROUTING, ABLATION)})

@@ -44,6 +44,7 @@ from .lock import (
     study_dir_iv,
     sums_text,
 )
+from .propose import check_discovery_source
 from .provenance import dirty_files, head_commit, repo_root
 from .records import _validator
 from .study import PLAN_FILES, frozen_file_names, load_study
@@ -129,6 +130,7 @@ def freeze(study_dir: Path, *, allow_dirty: bool = False) -> FreezeResult:
         return _finish_interrupted_freeze(study_dir, root, journal)
     (study_dir / PENDING_LOCK).unlink(missing_ok=True)  # a freeze killed before its journal entry: start over
     study = load_study(study_dir)
+    check_discovery_source(root, study.spec, study.prompts)  # a proposed study: its discovery ran, and read none of its pairs
     names = frozen_file_names(study.spec, study_dir)
     dirty = _refuse_dirty(root, [study_dir / n for n in names], allow_dirty)
     body = _lock_body("base", study.study_id, study_dir, names, root, dirty)

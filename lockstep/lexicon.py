@@ -246,3 +246,15 @@ def check_pilot(root: Path, rubric: dict, problems: ProblemList) -> None:
             shown = ", ".join(f"{k} {v:.3g}" for k, v in sorted(features.items()))
             problems.add(PILOT_FILE, at, f"pilot text {record['id']!r}: expected {record['expected']!r}, got {got!r} ({why}; {shown}); "
                                     "change the rubric, or the expected label if the text was misjudged, before freezing", line)
+
+
+BUILTIN_WORD = re.compile(r"\w+|[^\w\s]+")
+
+
+def builtin_words(texts) -> set[str]:
+    """The words a builtin word-level tokenizer splits ``texts`` into (lower-cased, punctuation apart): what
+    its vocabulary must cover (:mod:`capture.builtin`; :mod:`lockstep.propose` carries them to a proposed study)."""
+    out: set[str] = set()
+    for text in texts:
+        out.update(BUILTIN_WORD.findall(text.lower()))
+    return out

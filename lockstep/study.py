@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import variants
 from .designs import ANALYSIS_OUTPUTS, DESIGNS, Design, design_of, threshold_quantity
 from .errors import ProblemList
 from .lexicon import PILOT_FILE, anchor_overlaps, check_pilot
@@ -159,6 +160,9 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
         lambda: _check_sampling_plan(study.data, prompts.data, study, add),
         lambda: _check_design_fit(study, prompts, rubric, add),
         lambda: _check_extra_files(root, study.data, study, add),
+        lambda: _check_discovery(study.data, prompts.data, study, add),
+        lambda: variants.check_plan(study.data, design_of(study.data["design"]),
+                                    lambda pointer, message: add("study.yaml", study, pointer, message)),
         lambda: _check_lexicon_and_pilot(root, rubric, prompts.data, problems),
     ]
     for step in steps:
@@ -400,6 +404,40 @@ def _check_claim_zone(words: str, analysis: dict, at: str, study: Parsed, add) -
         add("study.yaml", study, f"{at}/claim", f"speaks of prompt tokens (prefill), but analysis {analysis['id']!r} scores the {zone} zone")
 
 
+def _check_discovery(spec: dict, records: list[dict], study: Parsed, add) -> None:
+    """A discovery block screens pairs of its own split: a split with pairs of the screened class, that no
+    analysis reads (discovery must not touch what confirmation reads), in a design its probes are defined for."""
+    block = spec.get("discovery")
+    if block is None:
+        return
+    record = DESIGNS.get(spec.get("design"))
+    if record is None:
+        return  # the schema reported the design
+    split = block.get("split", "discovery")
+    if record.discovery is None:
+        add("study.yaml", study, "/discovery", f"the {record.name} design has no discovery stage; remove the block")
+        return
+    for name in sorted(set(block) - {"split"} - set(record.discovery_fields)):
+        add("study.yaml", study, f"/discovery/{name}", f"does not apply to a {record.name} study's discovery; remove it")
+    if record.discovery == "scan":
+        if not any(r.get("split") == split for r in records):
+            add("study.yaml", study, "/discovery/split", f"names split {split!r}, which no prompt of prompts.jsonl has")
+        for side, cls in sorted((block.get("contrast") or {}).items()):
+            if not any(r.get("split") == split and r.get("class") == cls for r in records):
+                add("study.yaml", study, f"/discovery/contrast/{side}", f"names class {cls!r}, which the discovery split {split!r} has no prompt of")
+    else:
+        classes = block.get("pairs", "headline")
+        classes = [classes] if isinstance(classes, str) else list(classes)
+        if not any(r.get("split") == split and r.get("class") in classes and "clean" in r for r in records):
+            add("study.yaml", study, "/discovery/split", f"names split {split!r}, which has no pair of class {', '.join(classes)} in prompts.jsonl")
+    for i, analysis in enumerate(spec.get("analyses") or []):
+        if analysis.get("split") == split:
+            add("study.yaml", study, f"/analyses/{i}/split", f"reads split {split!r}, the discovery split; an analysis must "
+                "read pairs discovery never read (give discovery its own split)")
+    if spec.get("ablation", {}).get("reference_split") == split:
+        add("study.yaml", study, "/ablation/reference_split", f"is the discovery split {split!r}; use a reference split of its own")
+
+
 def _check_sampling_plan(spec: dict, records: list[dict], study: Parsed, add) -> None:
     """The plan's counts per class and split are the counts of prompts.jsonl."""
     plan = spec["sampling_plan"]
@@ -441,6 +479,128 @@ def _check_ablation_block(spec: dict, targets: dict, splits: set[str], study: Pa
                 add("study.yaml", study, f"/ablation/{key}/{j}", f"names unit {tid!r}, which is not a target in /units/targets")
     if ablation["kind"] == "mean" and ablation.get("reference_split") not in splits:
         add("study.yaml", study, "/ablation/reference_split", f"names split {ablation.get('reference_split')!r}, which no prompt has")
+    _check_source_traces(spec, targets, study, add)
+
+
+_TRACE_FIELDS = ("source_layers", "positions", "at")
+_TRACE_METRICS = ("margin_restored", "slot_restored")
+_TRACE_POSITIONS = ("last", "first_diff")
+
+
+def _trace_layers(spec_layers) -> list[int] | None:
+    """The layers a source_trace's ``source_layers`` names, or None for ``all`` (the model decides)."""
+    if spec_layers == "all":
+        return None
+    if isinstance(spec_layers, str):
+        lo, _, hi = spec_layers.partition("-")
+        return list(range(int(lo), int(hi) + 1))
+    return sorted(set(spec_layers))
+
+
+def _check_source_traces(spec: dict, targets: dict, study: Parsed, add) -> None:
+    """A source_trace analysis names slots to trace and a grid the claim's cell lies in; its fields mean nothing
+    on another kind; a claim with a bound needs the cell (``at``) it is decided at."""
+    bounded = {h["analysis"]: h["id"] for h in spec["hypotheses"] if any(threshold_quantity(n)[0] for n in h["thresholds"])}
+    for i, analysis in enumerate(spec["analyses"]):
+        at = f"/analyses/{i}"
+        if analysis["kind"] != "source_trace":
+            for name in _TRACE_FIELDS:
+                if name in analysis:
+                    add("study.yaml", study, f"{at}/{name}", f"applies to a source_trace analysis only, not {analysis['kind']}; remove it")
+            if analysis.get("metric") in _TRACE_METRICS:
+                add("study.yaml", study, f"{at}/metric", f"{analysis['metric']!r} is a source_trace metric; a {analysis['kind']} "
+                    "analysis reads margin_drop")
+            continue
+        if spec["ablation"].get("answer_tokenization") != "first_token":
+            add("study.yaml", study, f"{at}/kind", "source tracing reads the first-token margin, but /ablation/answer_tokenization "
+                f"is {spec['ablation'].get('answer_tokenization')!r}; set it to first_token or drop this analysis")
+        if not analysis.get("targets"):
+            add("study.yaml", study, f"{at}/targets", "a source_trace analysis names the head slot(s) it traces: set targets "
+                "to slots of /units/targets, e.g. [L3H2]")
+        for name in ("mode", "ablation_kind", "control", "correction"):
+            if name in analysis:
+                add("study.yaml", study, f"{at}/{name}", "does not apply to a source_trace analysis (it patches, it ablates "
+                    "nothing); remove it")
+        metric = analysis.get("metric", "margin_restored")
+        if metric not in _TRACE_METRICS:
+            add("study.yaml", study, f"{at}/metric", f"is {metric!r}; a source_trace analysis reads margin_restored or slot_restored")
+        layers_spec = analysis.get("source_layers", "all")
+        if isinstance(layers_spec, str) and layers_spec != "all":
+            match = re.fullmatch(r"(\d{1,4})-(\d{1,4})", layers_spec)
+            if not match or int(match.group(1)) > int(match.group(2)):
+                why = "runs backwards" if match else "is not a layer range"
+                add("study.yaml", study, f"{at}/source_layers", f"{layers_spec!r} {why}; write all, 'a-b' with a <= b "
+                    "(e.g. '0-3'), or a list of layers")
+                continue
+        positions = analysis.get("positions", "all")
+        named = [positions] if isinstance(positions, str) else [p for p in positions if isinstance(p, str)]
+        wrong = [p for p in named if p not in (("all",) if isinstance(positions, str) else _TRACE_POSITIONS)]
+        if wrong:
+            add("study.yaml", study, f"{at}/positions", f"names {', '.join(map(repr, wrong))}; a position is all (alone), an "
+                "offset from the end (-1 = the last token), an index from the start (0 = the first), last, or first_diff "
+                "(where the clean and corrupted tokens first differ)")
+            continue
+        layers = _trace_layers(layers_spec)
+        slot_layers = [targets[t][1]["layer"] for t in analysis.get("targets", []) if t in targets]
+        if metric == "slot_restored" and slot_layers and layers is not None and max(layers) > min(slot_layers):
+            add("study.yaml", study, f"{at}/source_layers", f"names layer(s) {[x for x in layers if x > min(slot_layers)]}, after "
+                f"layer {min(slot_layers)} of the traced slot: a patch there cannot reach the slot, so slot_restored is undefined; "
+                f"trace layers 0-{min(slot_layers)} or use metric margin_restored")
+        cell = analysis.get("at")
+        if cell is None:
+            if analysis["id"] in bounded:
+                add("study.yaml", study, f"{at}/at", f"hypothesis {bounded[analysis['id']]} bounds this analysis, so it must name the "
+                    "grid cell the claim is decided at: at: {layer: L, position: P}")
+            continue
+        if layers is not None and cell["layer"] not in layers:
+            add("study.yaml", study, f"{at}/at/layer", f"is {cell['layer']}, which source_layers {layers_spec!r} does not patch")
+        elif metric == "slot_restored" and slot_layers and cell["layer"] > min(slot_layers):
+            add("study.yaml", study, f"{at}/at/layer", f"is {cell['layer']}, after the traced slot's layer {min(slot_layers)}; "
+                "slot_restored is undefined there")
+        if isinstance(cell["position"], str) and cell["position"] not in _TRACE_POSITIONS:
+            add("study.yaml", study, f"{at}/at/position", f"is {cell['position']!r}; name an offset from the end, an index "
+                "from the start, last or first_diff")
+        elif positions == "all" and not (isinstance(cell["position"], int) and cell["position"] < 0):
+            add("study.yaml", study, f"{at}/at/position", f"is {cell['position']!r}, but positions: all are offsets from the end; "
+                "name a negative offset (-1 = the last token) or list the position in positions")
+        elif positions != "all" and str(cell["position"]) not in {str(p) for p in positions}:
+            add("study.yaml", study, f"{at}/at/position", f"is {cell['position']!r}, which positions {positions} does not patch")
+    _check_sae_knockdowns(spec, study, add)
+
+
+_SAE_FIELDS = ("sae", "features", "feature", "min_active_pairs", "position", "min_variance_explained")
+
+
+def _check_sae_knockdowns(spec: dict, study: Parsed, add) -> None:
+    """Each sae_knockdown analysis names a run and an SAE of /ablation/saes, and features within its width."""
+    saes = {}
+    for j, sae in enumerate(spec["ablation"].get("saes", [])):
+        if sae["id"] in saes:
+            add("study.yaml", study, f"/ablation/saes/{j}/id", f"{sae['id']!r} names two SAEs; SAE ids must be unique")
+        saes[sae["id"]] = sae
+    for i, analysis in enumerate(spec["analyses"]):
+        if analysis["kind"] != "sae_knockdown":
+            for name in _SAE_FIELDS:
+                if name in analysis:
+                    add("study.yaml", study, f"/analyses/{i}/{name}", f"applies to sae_knockdown analyses only, not to "
+                        f"{analysis['kind']}; remove it")
+            continue
+        if "run" not in analysis:
+            add("study.yaml", study, f"/analyses/{i}", "an sae_knockdown analysis must name its run (`run:`)")
+        if spec["ablation"]["answer_tokenization"] != "first_token":
+            add("study.yaml", study, f"/analyses/{i}/kind", "sae_knockdown reads the first-token margin at the last "
+                "position, but /ablation/answer_tokenization is full_answer")
+        sae = saes.get(analysis.get("sae"))
+        if sae is None:
+            add("study.yaml", study, f"/analyses/{i}/sae", f"names SAE {analysis.get('sae')!r}; /ablation/saes declares "
+                f"{', '.join(sorted(saes)) or 'none'} (declare it there: path, format, sha256, hook_point, width, k, normalization)")
+            continue
+        features = analysis.get("features")
+        named = ([("features/" + str(j), f) for j, f in enumerate(features)] if isinstance(features, list) else [])
+        named += [("feature", analysis["feature"])] if "feature" in analysis else []
+        for where, f in named:
+            if f >= sae["width"]:
+                add("study.yaml", study, f"/analyses/{i}/{where}", f"feature {f} is outside SAE {sae['id']!r}'s {sae['width']} features")
 
 
 # Cross-file rules of a design's own block of study.yaml (lockstep.designs.Design.plan_block).

@@ -14,6 +14,7 @@ from stats.ablation import (
     describe_margins,
     slot_rankings,
 )
+from stats._torch import use_backend
 from stats.baseline import BaselineResult, all_unit_baseline
 from stats.effects import TwoGroupResult, cohen_d, compare_groups, d_interval, hedges_g
 from stats.permutation import (
@@ -58,6 +59,7 @@ __all__ = [
     "rank_interval",
     "register_analysis",
     "unit_id",
+    "use_backend",
     "variance_check",
     "wsq_decomposition",
 ]

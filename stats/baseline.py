@@ -11,12 +11,13 @@ when the groups' variances may differ, from resampling residuals (``null="equal_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from stats import _engine, _resample, variance
+from stats import _engine, _resample, _torch, variance
 from stats._common import Flag, as_generator, check_resampling
 from stats.permutation import null_iv
 
@@ -86,6 +87,8 @@ class BaselineResult:
         Per unit, ``var_A/var_B`` (ddof=1) and the Brown–Forsythe p of equal variances
         (:func:`stats.variance_check`); NaN outside the family and for paired designs.
     target_variance_ratio, target_brown_forsythe_p : float
+    engine : str
+        The backend that ran the scan: ``"numpy"``, ``"torch:cuda"`` or ``"torch:cpu"``.
     """
 
     unit_ids: np.ndarray
@@ -121,6 +124,7 @@ class BaselineResult:
     brown_forsythe_p: np.ndarray | None = None
     target_variance_ratio: float = float("nan")
     target_brown_forsythe_p: float = float("nan")
+    engine: str = "numpy"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per unit with columns ``unit, in_family, statistic, p_uncorrected,
@@ -156,7 +160,7 @@ class BaselineResult:
             "null": self.null, "resampling": self.resampling,
             "target_variance_ratio": self.target_variance_ratio,
             "target_brown_forsythe_p": self.target_brown_forsythe_p,
-            "flags": [f.code for f in self.flags],
+            "flags": [f.code for f in self.flags], "engine": self.engine,
         }
 
 
@@ -175,7 +179,7 @@ def _holm(p: np.ndarray) -> np.ndarray:
 
 
 def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_resamples,
-                          exact_cap, alpha, batch, dtype, nan_policy, null, resampling):
+                          exact_cap, alpha, batch, dtype, nan_policy, null, resampling, backend):
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -197,6 +201,7 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
     if nan_policy not in ("raise", "drop_units"):
         raise ValueError("`nan_policy` must be 'raise' or 'drop_units'.")
     null, resampling = null_iv(null, resampling, paired)
+    engine = _torch.resolve(backend)
     finite = np.all(np.isfinite(arr), axis=0)
     if nan_policy == "raise" and not finite.all():
         bad = int((~finite).sum())
@@ -227,7 +232,7 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
         if n1 < 2 or n - n1 < 2:
             raise ValueError(f"`group` must put at least 2 items in each group, got {n1} and {n - n1}.")
         mask = g
-    return arr, mask, ids, finite, null, resampling
+    return arr, mask, ids, finite, null, resampling, engine
 
 
 def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
@@ -235,7 +240,7 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
                       n_resamples: int = 9_999, exact_cap: int = 200_000, alpha: float = 0.05,
                       batch: int | None = None, rng=None, dtype=np.float64,
                       nan_policy: str = "raise", null: str | None = None,
-                      resampling: str | None = None) -> BaselineResult:
+                      resampling: str | None = None, backend: str | None = None) -> BaselineResult:
     """Max-T baseline over every unit: is the target the best-separating unit, and does it survive?
 
     Parameters
@@ -272,6 +277,12 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     resampling : {None, "wild", "bootstrap"}
         With ``null="equal_means"``: the Rademacher wild bootstrap (default, the better calibrated
         in bench/RESULTS.md) or the within-group bootstrap (:mod:`stats._resample`).
+    backend : {None, "numpy", "torch", "auto"}
+        Where the scan runs. ``"numpy"`` (the default; ``None`` takes the default set by
+        :func:`stats.use_backend`); ``"torch"``: PyTorch on CUDA when present, else on the CPU;
+        ``"auto"``: torch on CUDA, numpy otherwise. The relabelings are drawn on the host from the
+        same generator for both, so decisions and ranks agree and statistics agree within float
+        tolerance (:mod:`stats._torch`); ``engine`` records what ran.
 
     Returns
     -------
@@ -312,9 +323,10 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     reference with the same draws, in ``tests/stats/test_stats_baseline.py`` and
     ``tests/stats/test_stats_equal_means.py``.
     """
-    arr, mask, ids, finite, null, resampling = _all_unit_baseline_iv(
+    arr, mask, ids, finite, null, resampling, engine = _all_unit_baseline_iv(
         x, group, unit_ids, target, statistic, alternative, n_resamples, exact_cap, alpha, batch,
-        dtype, nan_policy, null, resampling)
+        dtype, nan_policy, null, resampling, backend)
+    device = engine.partition(":")[2]  # "" for numpy
     n, f = arr.shape
     design = "paired" if mask is None else "two_sample"
     work = arr if finite.all() else np.where(finite[None, :], arr, 0.0)
@@ -344,20 +356,27 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     half = False
     if resampled:
         exact = False
-        res = _resample.scan(prep, alternative, n_resamples, as_generator(rng),
-                             batch or _resample.default_batch(m), keep_cols=keep_cols,
-                             stepdown=True)
+        b = batch or _resample.default_batch(m)
+        if device:
+            res = _torch.resample_scan(prep, alternative, n_resamples, as_generator(rng),
+                                       batch or _torch.default_batch(device, m, b),
+                                       keep_cols=keep_cols, stepdown=True, device=device)
+        else:
+            res = _resample.scan(prep, alternative, n_resamples, as_generator(rng), b,
+                                 keep_cols=keep_cols, stepdown=True)
     else:
         total = _engine.count_relabelings(design, n, n1)
         exact = _engine.check_exact(total, exact_cap, m, n_resamples)
         chunks, half = _engine.relabelings(design, n, n1, exact=exact, alternative=alternative,
                                            n_resamples=n_resamples,
                                            rng=None if exact else as_generator(rng),
-                                           batch=batch or _engine.default_batch(m),
+                                           batch=batch or _torch.default_batch(
+                                               device, m, _engine.default_batch(m)),
                                            dtype=prep.z.dtype)
         obs_row = mask.astype(float) if mask is not None else np.ones(n)
-        res = _engine.scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
-                           keep_cols=keep_cols, stepdown=True)
+        scan = _engine.scan if not device else partial(_torch.scan, device=device)
+        res = scan(prep, chunks, obs_row, alternative, exact=exact, half=half,
+                   keep_cols=keep_cols, stepdown=True)
     P = res.n_resamples
 
     p_unc = _engine.pvalues_from_counts(res.count_unc, P, exact, res.min_count)
@@ -449,7 +468,7 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
         alpha=float(alpha), null_max=null_max, target_null=t_null, n_resamples=P, exact=exact,
         statistic_name=statistic, alternative=alternative, flags=tuple(flags), null=null,
         resampling=resampling, variance_ratio=v_ratio, brown_forsythe_p=bf_p,
-        target_variance_ratio=t_vr, target_brown_forsythe_p=t_bf,
+        target_variance_ratio=t_vr, target_brown_forsythe_p=t_bf, engine=engine,
     )
 
 

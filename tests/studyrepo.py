@@ -35,9 +35,15 @@ def copy_study(name: str, repo: Path, as_name: str | None = None) -> Path:
         (dest / file).chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
     if (STUDIES / name / "pilot").is_dir():
         shutil.copytree(STUDIES / name / "pilot", dest / "pilot")
-    for extra in (yaml.safe_load((STUDIES / name / "study.yaml").read_text()) or {}).get("files", []):  # frozen extras
+    spec = yaml.safe_load((STUDIES / name / "study.yaml").read_text()) or {}
+    for extra in spec.get("files", []):  # frozen extras
         (dest / extra).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(STUDIES / name / extra, dest / extra)
+    for sae in (spec.get("ablation") or {}).get("saes", []):  # SAEs it names by repository path (pinned by digest)
+        source, target = REPO / sae["path"], repo / sae["path"]
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copyfile)(source, target)
     return dest
 
 

@@ -31,6 +31,8 @@ from lockstep import artifacts
 from lockstep.units import condition_key
 
 from ..analyses import Outcome, Settings, critical_value, direction_ok, record_baseline, warn
+from ..source_trace import source_trace as _trace
+from .ablation_sae import knockdown as _sae_knockdown
 
 
 @dataclass(frozen=True)
@@ -451,10 +453,32 @@ def head_baseline(frozen, analysis: dict, runs, settings: Settings) -> Outcome:
     return out
 
 
+def _after_the_rules(kind: str, body):
+    """An analysis of ``kind`` that runs ``body(frozen, analysis, run, settings, out)`` after this design's
+    exclusion warnings and stopping rule."""
+    def analysis_fn(frozen, analysis: dict, runs, settings: Settings) -> Outcome:
+        out = Outcome(analysis["id"], kind)
+        run = runs(analysis["run"])
+        _exclusion_warnings(run, out)
+        if _stopping_rule_unmet(frozen, run, analysis, out):
+            return out
+        return body(frozen, analysis, run, settings, out)
+    analysis_fn.__name__ = kind
+    return analysis_fn
+
+
+# Source tracing of head slots (audit/source_trace.py); one SAE feature knocked down at a time, max-T over
+# the features (audit/designs/ablation_sae.py).
+source_trace = _after_the_rules("source_trace", _trace)
+sae_knockdown = _after_the_rules("sae_knockdown", _sae_knockdown)
+
+
 ANALYSES = {
     "ablation_drop": ablation_drop,
     "specificity": specificity,
     "all_unit_baseline": head_baseline,
+    "source_trace": source_trace,
+    "sae_knockdown": sae_knockdown,
 }
 
 
@@ -474,4 +498,8 @@ def exclusions(frozen, run: AblationRunData) -> list[dict]:
         rule = rules.get(rule_id) or next((x for x in rules.values() if x["rule"] == rule_id), None)
         out.append({"rule": rule["id"] if rule else rule_id, "description": rule["description"] if rule else rule_id,
                     "ids": sorted(rows["pair_id"].astype(str))})
+    for x in run.manifest.get("exclusions", []):  # source tracing's own: pairs it could not align (capture/source_trace.py)
+        if x.get("scope") == "source_trace" and x["pairs"]:
+            out.append({"rule": x["id"], "description": x["description"], "ids": list(x["pairs"]), "action": "exclude",
+                        "by_class": dict(x["by_class"])})
     return out

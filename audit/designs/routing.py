@@ -10,7 +10,6 @@ parts (``wsq_decomposition``).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -26,6 +25,9 @@ import stats
 from lockstep import artifacts
 from lockstep.units import parse_unit_id, unit_id
 
+from .. import basin
+from ..topk import TOKEN_ZONES as _TOKEN_ZONES  # shared with the basin comparison
+from ..topk import read_topk as _topk
 from ..analyses import Outcome, Settings, critical_value, direction_ok, flag_warnings, record_baseline, warn
 
 
@@ -246,34 +248,6 @@ def _two_group_core(run: RunData, analysis: dict, settings: Settings, out: Outco
             warn(out, "spill_in_zone", f"{int(spilled['n_spill'].sum())} token(s) of {len(spilled)} prompt(s) in run {run.run_id} "
                  "spilled past a trim token into the generated zone this claim scores (score the trimmed zone to leave them out)")
     return passed
-
-
-#: zones of the per-token rows (capture stores disjoint zones) that each analysis zone reads
-_TOKEN_ZONES = {"prefill": ("prefill",), "generated": ("trimmed", "spill"), "trimmed": ("trimmed",), "spill": ("spill",)}
-
-
-def _topk(run_dir: Path):
-    """A run's per-token top-k (rows, expert ids, weights: memory-mapped) and its vocabulary, read once per
-    run however many analyses ask (keyed by the files' size and mtime, so a rewritten file is read again);
-    None when the run stored none."""
-    topk = Path(run_dir) / "topk"
-    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(topk.glob("*")) if f.is_file()) \
-        if topk.is_dir() else ()
-    return _read_topk(topk, stamp)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_topk(topk: Path, stamp: tuple):
-    if not (topk / "idx.npy").is_file() or not (topk / "tokens.parquet").is_file():
-        return None
-    tokens = pq.read_table(topk / "tokens.parquet").to_pandas()
-    idx, weight = np.load(topk / "idx.npy", mmap_mode="r"), np.load(topk / "weight.npy", mmap_mode="r")
-    vocab, joiner = {}, " "
-    if (topk / "vocab.parquet").is_file():
-        table = pq.read_table(topk / "vocab.parquet")
-        vocab = dict(zip(table.column("token_id").to_pylist(), table.column("text").to_pylist()))
-        joiner = (table.schema.metadata or {}).get(b"joiner", b" ").decode()
-    return tokens, idx, weight, vocab, joiner
 
 
 def token_contexts(run: RunData, analysis: dict, values: pd.DataFrame, *, top: int = 5, window: int = 8) -> pd.DataFrame | None:
@@ -554,6 +528,8 @@ ANALYSES = {
     "reproduction": reproduction,
     "register_vs_class": register_vs_class,
     "wsq_decomposition": wsq_decomposition,
+    "basin_comparison": basin.basin_comparison,
+    "duplicate_check": basin.duplicate_check,
 }
 
 
@@ -583,6 +559,9 @@ def evidence_facts(hypothesis: dict, analysis: dict, outcome: Outcome, study_out
         spill_fact = "scored in the prefill zone, which holds no generated special tokens"
     else:
         spill_fact = f"zone {zone}; {spill} spill tokens in the run" + ("" if spill == 0 else ": score the trimmed zone")
+    if analysis["kind"] == "duplicate_check":  # compares every token of two runs exactly: no zone to score
+        zone, spill = "generated", 0
+        spill_fact = "every token compared exactly, spill included: spill cannot inflate an exact comparison"
     return {
         1: (zone in ("generated", "trimmed"), f"scored in the {zone} zone" if zone else "no zone"),
         2: (unit is not None, f"unit {unit}" if unit else "no named unit"),

@@ -46,7 +46,11 @@ Layout of ``runs/<study>/<run-id>/`` once complete::
                               margins, exclusion and flags
     ablations.parquet         one row per pair x ablation kind x targeted condition: ablated margins and drops
     baseline.parquet          one row per pair x slot (all-slot baseline): ablated clean margin, drop
+    source_trace.parquet      when a source_trace analysis exists: one row per traced pair x target x source
+                              layer x position, the restored fractions (capture/source_trace.py); pairs whose
+                              clean and corrupted prompts differ in length are excluded from it (unaligned_lengths)
     reference_means.parquet   one row per slot x position class: the mean it is replaced by (mean ablation)
+    sae_knockdown.parquet     with an sae_knockdown analysis: SAE features knocked down, splice-in (capture/designs/ablation_sae.py)
 
 While running, ``_work/`` holds the bound configuration, ``prep/`` (steps 2-5, written once, so that
 a resume reuses the same exclusions) and one shard per batch of the all-slot baseline.
@@ -74,9 +78,10 @@ from lockstep.errors import CaptureError, UsageError
 from lockstep.fsio import atomic_write, canonical_json, pretty_json, sha256_bytes, utc_now
 from lockstep.units import condition_key, unit_order
 
-from .. import runtime
+from .. import runtime, source_trace
 from ..slots import Slot, SlotAblation, SlotMeans, slot_summary, slot_table
 from ..store import RunStore, disk_errors, write_table
+from . import ablation_sae
 
 OPTIONS = ("slots_per_forward",)  # design-specific capture options (lockstep capture --slots-per-forward)
 DEFAULT_STACK_ROWS = 256
@@ -311,6 +316,9 @@ def setup(frozen, source, identity: dict, overrides: dict, device_map, options: 
             f"target(s) {missing} are not head slots of {spec['model']['id']} with slot_layers "
             f"{spec['ablation'].get('slot_layers', 'all')!r} ({summary['slots']} slots: {summary['by_layer_type']})",
             hint="the LxxHyy labels must name slots of this model's slot table (see capture/slots.py); amend the study")
+    ablation_sae.check_saes(frozen, ld.model)   # refuse a changed or unreadable SAE before any forward
+    for analysis in source_trace.analyses_of(frozen):  # a source layer the model lacks: refused before any forward
+        source_trace.parse_layers(analysis["source_layers"], len(source_trace.decoder_layers(ld.model)))
     batch_size = int(overrides.get("batch_size", spec["runtime"].get("batch_size", 1)))
     stack = int(options.get("slots_per_forward") or max(1, DEFAULT_STACK_ROWS // batch_size))
     return Setup(ld, slots, stack, batch_size, spec["ablation"]["answer_tokenization"], spec["ablation"]["kind"])
@@ -716,6 +724,37 @@ def capture_run(frozen, run, st: Setup, work: None, store: RunStore, *, shard, p
         cost["baseline"] = _capture_baseline(st, fwd, prep, store, batch_size, stack, say)
         n_batches = len(_baseline_batches(prep, batch_size))
     _merge(store, prep, n_batches)
-    store.finish(_manifest(frozen, run, st, prep, config, cost, fwd, started, deviations,
-                           n_batches if n_batches is not None else len(_baseline_batches(prep, batch_size))))
+    manifest = _manifest(frozen, run, st, prep, config, cost, fwd, started, deviations,
+                         n_batches if n_batches is not None else len(_baseline_batches(prep, batch_size)))
+    if source_trace.analyses_of(frozen):
+        _capture_source_trace(frozen, st, fwd, prep, store, manifest, say)
+    if ablation_sae.needed(frozen):
+        manifest["sae_knockdown"] = ablation_sae.capture(frozen, st, fwd, prep, store, say)
+    store.finish(manifest)
     return True
+
+
+def _capture_source_trace(frozen, st: Setup, fwd: MarginForward, prep: _Prep, store: RunStore, manifest: dict, say) -> None:
+    """source_trace.parquet (kept in ``_work/`` for a resume) and its manifest entries: the unaligned pairs as an
+    exclusion of source tracing only, and its cost (:mod:`capture.source_trace`)."""
+    kept, info_path = store.work / artifacts.SOURCE_TRACE, store.work / "source_trace.json"
+    if kept.is_file() and info_path.is_file():
+        table, info = pq.read_table(kept, schema=source_trace.TABLE_SCHEMA), json.loads(info_path.read_text())
+    else:
+        table, info = source_trace.study_trace(frozen, st.ld.model, fwd, st.slots, prep.pairs.to_pylist(),
+                                               st.stack * st.batch_size, say)
+        with disk_errors(store.root):
+            write_table(kept, table)
+            atomic_write(info_path, pretty_json(info))
+    with disk_errors(store.root):
+        write_table(store.root / artifacts.SOURCE_TRACE, table)
+    exclusion = info.pop("exclusion")
+    manifest["exclusions"].append(exclusion)
+    line = source_trace.exclusion_warning(exclusion)
+    if line:
+        manifest["warnings"].append(line)
+    manifest["source_trace"] = info
+    per_cell = info["seconds"] / info["cells"] if info["cells"] else None
+    manifest["cost"].update({"source_trace_seconds": info["seconds"], "source_trace_forwards": info["forwards"],
+                             "source_trace_rows": info["rows"], "source_trace_seconds_per_pair_cell": per_cell,
+                             "forwards_this_process": fwd.forwards, "rows_this_process": fwd.rows})

@@ -25,7 +25,7 @@ from lockstep.errors import CaptureError
 from lockstep.fsio import utc_now
 
 from .. import families, runtime, zones
-from ..decode import BatchDecode, Decoding, decode_batch
+from ..decode import BatchDecode, Decoding, decode_batch, teacher_force_batch
 from ..hooks import DISAGREE, NEAR_TIE, BatchRouting, RoutingRecorder
 from ..reduce import units_frame_columns
 from ..store import EVENTS_SCHEMA, TEXTS_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, RunStore
@@ -264,9 +264,12 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
     mine = [b for b in range(len(batches)) if shard is None or b % shard[1] == shard[0]]
     done = store.done_batches()
     todo = [b for b in mine if b not in done]
+    forced = _source_texts(frozen, run, store) if run["decoding"] == "teacher_forced" else None
+    if forced is not None:
+        _check_same_prompts(run, work, forced)
     bar = _Progress(f"capture {frozen.study_id}/{run['id']}", sum(len(batches[b]) for b in mine),
                     sum(len(batches[b]) for b in mine if b in done), progress)
-    decoding = Decoding.from_run(run)
+    decoding = None if forced is not None else Decoding.from_run(run)
     recorder = RoutingRecorder(st.sites, tie_tol=config["near_tie_tolerance_in_force"], weight_tol=_weight_tol(st.ld.dtype),
                                residual_layers=config["residual_layers"])
     try:
@@ -274,9 +277,14 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
             for b in todo:
                 batch = batches[b]
                 recorder.start_batch(len(batch))
-                dec = decode_batch(st.ld.model, [p["ids"] for p in batch], [p["id"] for p in batch], decoding=decoding,
-                                   max_new_tokens=max_new_tokens, stop_ids=stop, trim_ids=set(st.trim),
-                                   pad_id=st.ld.pad_id, recorder=recorder)
+                if forced is not None:  # re-read the source run's texts: no token is chosen
+                    dec = teacher_force_batch(st.ld.model, [p["ids"] for p in batch], [forced["tokens"][p["id"]] for p in batch],
+                                              [forced["finish"][p["id"]] for p in batch], trim_ids=set(st.trim),
+                                              pad_id=st.ld.pad_id, recorder=recorder)
+                else:
+                    dec = decode_batch(st.ld.model, [p["ids"] for p in batch], [p["id"] for p in batch], decoding=decoding,
+                                       max_new_tokens=max_new_tokens, stop_ids=stop, trim_ids=set(st.trim),
+                                       pad_id=st.ld.pad_id, recorder=recorder)
                 tables, arrays, info = _batch_tables(batch, dec, recorder.finish_batch(), st)
                 store.write_batch(b, tables, arrays, info)
                 bar.update(len(batch), info["routing_rows"])
@@ -285,8 +293,10 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
     if shard is not None or len(store.done_batches()) < len(batches):
         return False
     manifest = _manifest(frozen, run, st, store, config, len(batches), started, deviations)
+    if forced is not None:
+        manifest["source_run"] = forced["record"]
     check = int(frozen.spec["runtime"].get("batch_invariance_check", 0) or 0)
-    if check and decoding.mode == "greedy":
+    if check and decoding is not None and decoding.mode == "greedy":
         manifest["batch_invariance"] = batch_invariance(st, batches, decoding, check, max_new_tokens, stop)
         if not manifest["batch_invariance"]["identical"]:
             diff = manifest["batch_invariance"]["differing"]
@@ -298,6 +308,40 @@ def capture_run(frozen, run, st: Setup, work: dict, store: RunStore, *, shard, p
     _write_vocab(store.root, st.ld.tok)
     store.finish(manifest)
     return True
+
+
+def _source_texts(frozen, run, store: RunStore) -> dict[str, Any]:
+    """What a teacher-forced run re-reads: its source run's generated token ids and finish reasons per prompt,
+    and the record of that source (run id, digests of its manifest and texts) its manifest keeps.
+
+    The source must be complete, and its prompts must tokenise to the same ids under this variant's
+    tokenizer and runtime (otherwise the two runs would not read identical tokens)."""
+    import pyarrow.parquet as pq
+
+    from lockstep import artifacts
+    from lockstep.fsio import sha256_file
+
+    source = artifacts.run_dir(store.root.parent.parent, frozen.study_id, run["source_run"])
+    if not (source / artifacts.MANIFEST).is_file():
+        raise CaptureError(f"run {run['id']!r} re-reads the texts of run {run['source_run']!r}, which is not captured yet",
+                           hint=f"run `lockstep capture {frozen.root} --run {run['source_run']}` first, or capture both together")
+    table = pq.read_table(source / artifacts.TEXTS, columns=["prompt_id", "prompt_token_ids", "token_ids", "finish_reason"])
+    rows = table.to_pylist()
+    return {"tokens": {r["prompt_id"]: list(r["token_ids"]) for r in rows},
+            "finish": {r["prompt_id"]: r["finish_reason"] for r in rows},
+            "prompt_ids": {r["prompt_id"]: list(r["prompt_token_ids"]) for r in rows},
+            "record": {"run_id": run["source_run"], "manifest_sha256": sha256_file(source / artifacts.MANIFEST),
+                       "texts_sha256": sha256_file(source / artifacts.TEXTS)}}
+
+
+def _check_same_prompts(run, work: dict, forced: dict) -> None:
+    """The prompt ids this variant renders must be those the source run read."""
+    differ = [p["id"] for p in work["prompts"] if forced["prompt_ids"].get(p["id"]) != list(p["ids"])]
+    if differ:
+        raise CaptureError(f"run {run['id']!r} cannot re-read run {run['source_run']!r}: prompt(s) {', '.join(differ[:5])} "
+                           "tokenise differently under this variant's tokenizer and runtime, so the two runs would not "
+                           "read identical tokens",
+                           hint="give the variant the source's tokenizer and runtime surface, or compare the runs' own generations")
 
 
 def _write_vocab(run_dir, tok) -> None:

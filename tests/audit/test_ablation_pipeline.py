@@ -79,13 +79,35 @@ def test_the_planted_head_is_found_and_held(planted):
     repo, said = planted
     assert "no generated text to label" in said
     status = {h: c["status"] for h, c in claims(repo, "demo-ablation").items()}
-    assert status == {"H1": "held", "H2": "held", "H3": "held", "H4": "held", "H5": "fell"}
+    assert status == {"H1": "held", "H2": "held", "H3": "held", "H4": "held", "H5": "fell", "H6": "held",
+                      "H7": "held", "H8": "fell"}
     card = json.loads((repo / "reports/demo-ablation/run_card_forward.json").read_text())
     assert card["status"] == "pass" and card["review_status"] == "pending_review"
     baseline = pd.read_parquet(repo / "reports/demo-ablation/tables/baseline.parquet").set_index("unit")
     assert baseline.loc["L3H2", "rank"] == 1 and (baseline["rank"] == 1).sum() == 1
     assert len(baseline) == 16 and baseline.loc["L2H1", "layer_type"] == "linear_attention"
     assert ledger(repo, "demo-ablation")["synthetic"] is True
+
+
+def test_sae_knockdown_numbers_match_the_captured_table(planted):
+    repo, _ = planted
+    table = run_table(repo, "demo-ablation", "sae_knockdown.parquet")
+    pairs = run_table(repo, "demo-ablation", "pairs.parquet")
+    head = set(pairs[~pairs["excluded"] & (pairs["class"] == "headline")]["pair_id"])
+    found = claims(repo, "demo-ablation")
+    for hyp, feature in (("H7", 37), ("H8", 90)):
+        rows = table[(table["condition"] == "knockdown") & (table["feature"] == feature) & table["pair_id"].isin(head)]
+        numbers = found[hyp]["numbers"]
+        assert numbers["feature"] == feature and numbers["active_pairs"] == len(rows) >= 2
+        assert numbers["mean_drop"] == pytest.approx(rows["drop"].mean(), rel=1e-12)
+        assert (rows["activation"] > 0).all()
+        assert numbers["p_adjusted"] >= numbers["p_value"]
+    assert found["H7"]["numbers"]["mean_drop"] > 0.25 and found["H8"]["numbers"]["features_tested"] > 2
+    splice = table[(table["condition"] == "splice_in") & table["pair_id"].isin(head)]
+    assert len(splice) == len(head)
+    assert found["H7"]["numbers"]["splice_mean_margin_change"] == pytest.approx(
+        (splice["margin"] - splice["baseline_margin"]).mean(), rel=1e-12)
+    assert 0.9 < found["H7"]["numbers"]["variance_explained"] <= 1.0 and not found["H7"]["warnings"]
 
 
 def test_the_null_twin_is_not_held(null_twin):
@@ -187,6 +209,10 @@ def _with_features(study: Path) -> None:
     analysis of the zero arm (H7)."""
     spec = yaml.safe_load((study / "study.yaml").read_text())
     spec["study_id"] = FEATURES
+    # source tracing and SAE knockdown read first-token margins only
+    traced = {a["id"] for a in spec["analyses"] if a["kind"] in ("source_trace", "sae_knockdown")}
+    spec["analyses"] = [a for a in spec["analyses"] if a["id"] not in traced]
+    spec["hypotheses"] = [h for h in spec["hypotheses"] if h["analysis"] not in traced]
     spec["ablation"].update({"answer_tokenization": "full_answer", "per_position_means": 1,
                              "sensitivity_kinds": ["zero"],
                              "min_pairs_after_exclusions": {"headline": 20, "control": 8}})

@@ -4,6 +4,7 @@ in real git repositories; labels before scores; tampering; post-hoc amendments; 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 from jsonschema import Draft202012Validator
 
+from lockstep.fsio import sha256_file
 from lockstep.records import schema
 from studyrepo import commit_all, copy_study, git
 
@@ -200,6 +202,42 @@ def test_a_reviewer_can_reject_and_the_claims_stay_pending(scratch):
     page = (scratch / "reports/demo/report.html").read_text()
     assert "rita" in page and "reject" in page
     assert lockstep("verify", "preregistrations/demo", cwd=scratch, check=False).returncode == 0
+
+
+def test_a_review_shows_in_the_report_without_a_new_audit(scratch):
+    """The review redraws the page from the audit's outputs (no statistic recomputed), journals the new page's
+    digest with the review, and verify stays intact; a review killed between its entry and moving the page
+    into place is finished by the next review."""
+    import shutil
+
+    audits_before = [e for e in map(json.loads, (scratch / "preregistrations/demo/JOURNAL.jsonl").read_text().splitlines())
+                     if e["stage"] == "audit"]
+    ledger_before = (scratch / "reports/demo/ledger.json").read_bytes()
+    lockstep("review", "preregistrations/demo", "--reject", "--reviewer", "quentin", "--note", "H2 rests on one run", cwd=scratch)
+    page = (scratch / "reports/demo/report.html").read_text()
+    assert "quentin" in page and "H2 rests on one run" in page
+    assert (scratch / "reports/demo/ledger.json").read_bytes() == ledger_before  # the ledger is the audit's
+    entries = [json.loads(line) for line in (scratch / "preregistrations/demo/JOURNAL.jsonl").read_text().splitlines()]
+    assert [e for e in entries if e["stage"] == "audit"] == audits_before
+    assert entries[-1]["outputs"] == {"reports/demo/report.html": sha256_file(scratch / "reports/demo/report.html")}
+    assert lockstep("verify", "preregistrations/demo", cwd=scratch).returncode == 0
+    # a report edited by hand after the review is an alteration
+    copy = scratch.parent / "edited"
+    shutil.copytree(scratch, copy, symlinks=True)
+    report = copy / "reports/demo/report.html"
+    report.write_text(report.read_text().replace("quentin", "someone else"))
+    altered = lockstep("verify", "preregistrations/demo", cwd=copy, check=False)
+    assert altered.returncode == 1 and "report.html differs" in altered.stdout
+    # interrupted: the entry recorded the page's digest, the page is still beside it as .pending
+    report = scratch / "reports/demo/report.html"
+    pending = report.with_name("report.html.pending")
+    os.replace(report, pending)
+    shutil.copyfile(pending, report)
+    report.write_text("an older page")
+    said = lockstep("verify", "preregistrations/demo", cwd=scratch, check=False)
+    assert said.returncode == 1 and "rerun `lockstep review`" in said.stdout
+    lockstep("review", "preregistrations/demo", "--reject", "--reviewer", "quentin", "--note", "still", cwd=scratch)
+    assert not pending.exists() and lockstep("verify", "preregistrations/demo", cwd=scratch).returncode == 0
 
 
 def test_ablation_study_stops_at_weights_not_found(repo):

@@ -158,7 +158,8 @@ def test_an_interrupted_capture_resumes_to_the_same_tables(edited, tmp_path):
     assert resumed == store.root and not (resumed / "_work").exists()
     cost = json.loads((resumed / "manifest.json").read_text())["cost"]
     # the resume reused the saved exclusions and margins and the finished shard: 4 batches left, one forward each
-    assert cost["all_slot_baseline_forwards"] == cost["forwards_this_process"] == 4
+    assert cost["all_slot_baseline_forwards"] == 4
+    assert cost["forwards_this_process"] == 4 + cost["source_trace_forwards"]  # demo-ablation's B5 traces after the baseline
     for name in ("pairs.parquet", "ablations.parquet", "baseline.parquet", "reference_means.parquet"):
         assert sha256_file(resumed / name) == sha256_file(run_dir / name), name
 

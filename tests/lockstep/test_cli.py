@@ -106,7 +106,7 @@ def test_version_and_help():
     assert "verify" in run("--help").stdout
 
 
-PIPELINE = ["new", "validate", "prereg", "amend", "capture", "label", "audit", "review", "verify", "bundle", "sign",
+PIPELINE = ["new", "validate", "prereg", "amend", "discover", "propose", "capture", "label", "audit", "review", "verify", "bundle", "sign",
             "timestamp", "check-writeup", "cite", "demo"]
 
 
