@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -40,9 +42,16 @@ def build_reports(workdir: Path) -> Path:
     for study in SHOTS:
         target = repo / "preregistrations" / study
         target.mkdir(parents=True)
-        for name in PLAN_FILES:  # the plan only: never the shipped study's lock or journal
-            shutil.copyfile(ROOT / "preregistrations" / study / name, target / name)
+        source = ROOT / "preregistrations" / study
+        spec = yaml.safe_load((source / "study.yaml").read_text()) or {}
+        # the plan, the extra files it freezes and the SAEs it names: never the shipped study's lock or journal
+        for name in (*PLAN_FILES, *spec.get("files", [])):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
             (target / name).chmod(0o644)
+        for sae in (spec.get("ablation") or {}).get("saes", []):
+            if not (repo / sae["path"]).exists():
+                shutil.copytree(ROOT / sae["path"], repo / sae["path"])
     _run("git", "add", "-A", cwd=repo)
     _run("git", "-c", "user.name=lockstep", "-c", "user.email=lockstep@localhost", "commit", "-q", "-m", "studies",
          cwd=repo)
