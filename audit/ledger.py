@@ -161,7 +161,7 @@ def _discovery_tables(frozen, source: dict, top: int = 8) -> dict:
     entry = read_journal(base / source["study"]).entries[source["journal_seq"]]
     found = {}
     for name in ("candidates.parquet", "contexts.parquet"):
-        rel = next((p for p in entry["outputs"] if p.endswith("/_discovery/" + name)), None)
+        rel = next((p for p in entry["outputs"] if "/_discovery/" in p and p.endswith("/" + name)), None)
         if rel is None:
             continue
         path = artifacts.from_journal(base, rel)

@@ -214,6 +214,7 @@ def discover(study_dir: Path, runs_root, model_path, device_map, allow_deviation
     inputs = {artifacts.repo_relative(f, repo): sha256_file(f) for f in _plan_in_force(frozen)}
     details = {"split": record["split"], "pairs_read": len(record["pairs_read"]), "probes": record["probes"],
                "pair_digests": sorted(set(record["pairs_read"].values())),  # the fence verify checks, from the journal alone
+               "text_digests": dict(sorted(record["text_digests"].items())),
                "weights_sha256": record["model"].get("weights_sha256"),
                "runs_root": artifacts.repo_relative(root, repo), "folder": artifacts.repo_relative(folder, repo)}
     if uncommitted:

@@ -32,7 +32,7 @@ exactly, one at a time (clean run, the slot's channels replaced by the corrupted
 position), and the Spearman rank correlation between attribution and exact drops over those slots is
 in ``discovery.json``.
 
-Layout of ``runs/<study>/_discovery/`` (written whole, then journaled)::
+Layout of ``runs/<study>/_discovery/run-<n>/``, one folder per discovery run (written whole, then journaled)::
 
     discovery.json       what ran: split, pairs read (ids and content digests), probes, model identity,
                          exclusions, the exact check, cost, digests of the tables
@@ -59,7 +59,7 @@ from lockstep import __version__, artifacts
 from lockstep.errors import CaptureError, UsageError
 from lockstep.fsio import pretty_json, sha256_file, utc_now
 from lockstep.models import folder_identity
-from lockstep.propose import pair_digest
+from lockstep.propose import pair_digest, text_digests
 
 from . import runtime
 from .designs.ablation import MarginForward
@@ -82,8 +82,11 @@ def settings(spec: dict) -> dict[str, Any]:
     return block
 
 
-def discovery_dir(runs_root: Path, study_id: str) -> Path:
-    return Path(runs_root) / study_id / FOLDER
+def discovery_dir(runs_root: Path, study_id: str, frozen=None) -> Path:
+    """``<runs root>/<study>/_discovery/``, or with ``frozen`` the folder of its next discovery run,
+    ``run-<n>/``: each run keeps its own folder, so a study proposed from an earlier run stays verifiable."""
+    base = Path(runs_root) / study_id / FOLDER
+    return base if frozen is None else base / f"run-{len(frozen.journal.stages('discover')) + 1}"
 
 
 # -- the forwards -----------------------------------------------------------------------------------
@@ -311,7 +314,9 @@ def run_discovery(frozen, *, runs_root: Path | None = None, model_path: Path | N
     The folder is written whole in a scratch folder and renamed into place, so a killed run leaves no
     half-written output (the scratch folder is removed by the next run)."""
     if "discovery" not in frozen.spec:
-        raise UsageError(f"{frozen.study_id} has no discovery block", hint="add `discovery:` to study.yaml (see README, Discovery)")
+        raise UsageError(f"{frozen.study_id} has no discovery block, so there is nothing to discover",
+                         hint="discovery is planned before the freeze: start a discovery study (`lockstep new`) whose "
+                              "study.yaml has a `discovery:` block (README, \"Discovery, then confirmation\")")
     kind = frozen.design_record.discovery
     if kind == "scan":
         return run_scan(frozen, runs_root=runs_root, model_path=model_path, progress=progress, device_map=device_map,
@@ -333,7 +338,7 @@ def run_discovery(frozen, *, runs_root: Path | None = None, model_path: Path | N
         runtime.refuse_deviations(found, allow_deviation)
         ld = runtime.load(frozen, source, identity, {}, runtime.resolve_device_map(frozen, device_map))
         tables, record = _screen(frozen, block, pairs, ld, identity, found, notices, started, t0)
-    return _write(discovery_dir(root, frozen.study_id), tables, record), record
+    return _write(discovery_dir(root, frozen.study_id, frozen), tables, record), record
 
 
 def _screen(frozen, block: dict, pairs: list[dict], ld, identity: dict, found: list, notices: list, started: str,
@@ -417,6 +422,7 @@ def _screen(frozen, block: dict, pairs: list[dict], ld, identity: dict, found: l
         "pair_classes": block["pairs"] if isinstance(block["pairs"], list) else [block["pairs"]],
         "probes": list(block["probes"]), "top_k": block["top_k"], "settings": block,
         "pairs_read": {p["id"]: pair_digest(p) for p in pairs},
+        "text_digests": {d: p["id"] for p in pairs for d in text_digests(p)},
         "exclusions": {rule: sorted(enc[i]["id"] for i in np.flatnonzero(excluded == rule))
                        for rule in (UNALIGNED, "shared_first_token", "nonpositive_clean_margin") if (excluded == rule).any()},
         "exact_check": check,
@@ -523,7 +529,7 @@ def run_scan(frozen, *, runs_root: Path | None = None, model_path: Path | None =
     view = dataclasses.replace(frozen, prompts=prompts)  # the routing capture sees the discovery prompts and nothing else
     started, t0 = utc_now(), time.perf_counter()
     root = artifacts.runs_root_of(frozen, runs_root)
-    folder = discovery_dir(root, frozen.study_id)
+    folder = discovery_dir(root, frozen.study_id, frozen)
     scratch = _scratch(folder)
     run = {"id": "scan", **block["decoding"]}
     with library_output(progress) as notices:
@@ -543,6 +549,7 @@ def run_scan(frozen, *, runs_root: Path | None = None, model_path: Path | None =
         "format_version": artifacts.RUN_FORMAT_VERSION, "stage": "discover", "exploratory": True, "design": "routing",
         "study_id": frozen.study_id, "lock_digest": frozen.lock_digest, "split": block["split"], "settings": block,
         "probes": ["pooled_weight"], "pairs_read": {p["id"]: pair_digest(p) for p in prompts},
+        "text_digests": {d: p["id"] for p in prompts for d in text_digests(p)},
         "ranked": best, "spill": spill, "zones_pooled": list(SCAN_ZONES),
         "model": {"id": frozen.spec["model"].get("id"), "source": st.ld.source.kind, "revision": st.ld.source.revision,
                   "dtype": st.ld.dtype, **identity},

@@ -5,11 +5,14 @@ Per site two public PyTorch hooks are registered:
 * a forward hook on ``site.router`` keeps the raw logits (:func:`capture.families.router_scores`),
   and a forward pre-hook on it keeps the residual stream it reads, for the layers asked for;
 * a forward pre-hook (``with_kwargs=True``) on ``site.experts`` reads the routing the block actually
-  passed to its experts (:func:`capture.families.used_routing`), compares it with the reconstruction
-  from the logits, and reduces it into the zone accumulators (:mod:`capture.reduce`).
+  passed to its experts (:func:`capture.families.used_routing`), reduces it into the zone accumulators
+  (:mod:`capture.reduce`), and keeps it with the step's router logits.
 
-Nothing in a hook copies to the host: per-token top-k rows, flags and residuals are kept as device
-tensors and copied once per batch in :meth:`RoutingRecorder.finish_batch`.
+Nothing in a hook copies to the host: per-token top-k rows, router logits and residuals are kept as device
+tensors. :meth:`RoutingRecorder.finish_batch` compares every step's used routing with its reconstruction
+from the logits in one pass per site (the comparison is row by row, so one pass gives the same flags as
+one per step, without a step's handful of tiny tensor ops per layer) and copies once per batch. The
+logits cost ``rows x experts`` float32 per site on the device until then.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class _SiteState:
         self.bias = families.router_bias(site)
         self.logits: torch.Tensor | None = None
         self.sel = self.wsum = None
-        self.steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # used ids, weights, router logits
         self.residual: list[torch.Tensor] = []
         self.checked = False
 
@@ -133,16 +136,15 @@ class RoutingRecorder:
         def hook(module, args, kwargs):
             used_idx, used_w = families.used_routing(st.site, args, kwargs)
             logits, st.logits = st.logits, None
-            rec_idx, rec_w, gap = families.reconstruct_routing(logits, st.site.spec, st.bias)
-            differ, near = routing_flags(used_idx, used_w, rec_idx, rec_w, gap, self.tie_tol, self.weight_tol)
             onehot = self._onehot_on(used_idx.device)
             if st.sel is None:
                 shape = (onehot.shape[1], st.site.spec.n_experts)
                 st.sel = torch.zeros(shape, dtype=torch.float32, device=used_idx.device)
                 st.wsum = torch.zeros_like(st.sel)
             accumulate(st.sel, st.wsum, onehot, used_idx, used_w)
-            flags = near.to(torch.uint8) * NEAR_TIE + differ.to(torch.uint8) * DISAGREE
-            st.steps.append((used_idx.to(torch.int16), used_w.to(torch.float16), flags, gap))
+            # the reconstruction and its flags are row-wise: done once per batch over every step's rows
+            # (finish_batch), not per step, where at batch 1 their dispatch cost was most of the hook's
+            st.steps.append((used_idx, used_w.to(torch.float32), logits))
 
         return hook
 
@@ -163,6 +165,18 @@ class RoutingRecorder:
                 handle.remove()
 
     # -- one host copy per batch ------------------------------------------------------------------
+    def _checked_rows(self, st: "_SiteState") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One site's rows of the batch, every step's concatenated: the used routing (int16 ids, float16
+        weights), its flags against the reconstruction from the router logits, and the k-th gap."""
+        used_idx = torch.cat([s[0] for s in st.steps])
+        used_w = torch.cat([s[1] for s in st.steps])
+        logits = torch.cat([s[2] for s in st.steps])
+        rec_idx, rec_w, gap = families.reconstruct_routing(logits, st.site.spec, st.bias)
+        differ, near = routing_flags(used_idx, used_w, rec_idx, rec_w, gap, self.tie_tol, self.weight_tol)
+        flags = near.to(torch.uint8) * NEAR_TIE + differ.to(torch.uint8) * DISAGREE
+        return (used_idx.to(torch.int16).cpu().numpy(), used_w.to(torch.float16).cpu().numpy(),
+                flags.cpu().numpy(), gap.cpu().numpy())
+
     def finish_batch(self) -> BatchRouting:
         n, z = self.n_rows, N_DISJOINT
 
@@ -171,10 +185,11 @@ class RoutingRecorder:
 
         sel = np.stack([per_zone(st.sel) for st in self.states]).astype(np.float64)
         wsum = np.stack([per_zone(st.wsum) for st in self.states]).astype(np.float64)
-        idx = np.stack([torch.cat([s[0] for s in st.steps]).cpu().numpy() for st in self.states], axis=1)
-        w = np.stack([torch.cat([s[1] for s in st.steps]).cpu().numpy() for st in self.states], axis=1)
-        flags = np.stack([torch.cat([s[2] for s in st.steps]).cpu().numpy() for st in self.states], axis=1)
-        gap = np.stack([torch.cat([s[3] for s in st.steps]).cpu().numpy() for st in self.states], axis=1)
+        rows = [self._checked_rows(st) for st in self.states]
+        idx = np.stack([r[0] for r in rows], axis=1)
+        w = np.stack([r[1] for r in rows], axis=1)
+        flags = np.stack([r[2] for r in rows], axis=1)
+        gap = np.stack([r[3] for r in rows], axis=1)
         residual = {
             st.site.layer: torch.cat(st.residual).cpu().numpy() for st in self.states if st.residual
         }

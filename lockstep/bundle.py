@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import artifacts
-from .errors import BundleRefused, LockMismatch, bounded
+from .errors import BundleRefused, LockMismatch, UsageError, bounded
 from .lock import study_dir_iv
 from .provenance import repo_root
 from .study import plain_relative
@@ -68,6 +68,9 @@ def write_bundle(study_dir: Path, out: Path | None = None) -> Path:
     study_dir = study_dir_iv(study_dir)
     root = repo_root(study_dir)
     study_id = study_dir.name
+    if out is not None and not str(out).endswith(SUFFIX):
+        raise UsageError(f"--out {out}: a bundle's name ends in {SUFFIX}, which is how `lockstep verify` knows it from a folder",
+                         hint=f"e.g. --out {Path(out).name.split('.')[0] or study_id}{SUFFIX}")
     out = Path(out) if out else artifacts.reports_dir(root, study_id) / f"{study_id}{SUFFIX}"
     members = [study_dir, artifacts.default_runs_root(root) / study_id, artifacts.reports_dir(root, study_id)]
     files = _discovery_members(study_dir, root)
@@ -76,7 +79,7 @@ def write_bundle(study_dir: Path, out: Path | None = None) -> Path:
             if path.is_symlink():
                 raise BundleRefused(f"{path} is a symbolic link; a bundle holds regular files only",
                                     hint="replace the link with the file it points to, then bundle again")
-            if path.is_file() and not path.name.endswith(SUFFIX) and path.resolve() != out.resolve():
+            if path.is_file() and not path.name.endswith((SUFFIX, ".capture.lock")) and path.resolve() != out.resolve():
                 files.append(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # streamed into a temp file beside ``out`` and renamed over it: never in memory whole, never half-written

@@ -146,6 +146,9 @@ class Design:
         if when is not None and when[0] in analysis:
             defaults = {**defaults, **when[1]}
         resolved = {**defaults, **analysis}
+        runs = (spec.get("runtime") or {}).get("runs") or []
+        if "run" not in resolved and "runs" not in resolved and len(runs) == 1 and isinstance(runs[0], dict):
+            resolved["run"] = runs[0].get("id")  # a study with one run: the analysis reads it (validate refuses otherwise)
         if analysis["kind"] == "ablation_drop" and "relative_drop" not in analysis:
             resolved["relative_drop"] = spec.get("ablation", {}).get("relative_drop", "ratio_of_means")
         if "kind" in (spec.get("ablation") or {}) and analysis["kind"] in self.analysis_kinds and "ablation_kind" not in analysis:

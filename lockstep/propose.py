@@ -51,6 +51,18 @@ def pair_digest(record: dict) -> str:
     return sha256_bytes(canonical_json(keep))
 
 
+TEXT_FIELDS = ("clean", "corrupted", "text")
+
+
+def text_digests(record: dict) -> list[str]:
+    """The digests of a prompt's texts (clean, corrupted, or its one text), each normalised as the split-overlap
+    rule normalises (case-folded, NFKC, whitespace collapsed): the fence refuses a confirmatory prompt with any
+    text discovery read, so a doubled space or a reused clean prompt with a new corrupted one is caught."""
+    from .study import normalise_text
+
+    return [sha256_bytes(normalise_text(record[k]).encode()) for k in TEXT_FIELDS if isinstance(record.get(k), str)]
+
+
 def check_discovery_source(repo_root: Path | None, spec: dict, prompts: list[dict], *, frozen_at: str | None = None,
                            base: Path | None = None) -> str:
     """Check a study's ``discovery_source`` against the discovery study's journal; return what was established.
@@ -64,8 +76,9 @@ def check_discovery_source(repo_root: Path | None, spec: dict, prompts: list[dic
         return "not derived from a discovery run"
     where = Path(base if base is not None else repo_root or ".") / source["study"]
     if not (where / "JOURNAL.jsonl").is_file():
-        raise ChainBroken(f"discovery_source names {source['study']}, which holds no journal here",
-                          hint="verify inside the repository (or bundle) that holds the discovery study too")
+        raise ChainBroken(f"discovery_source names {source['study']}, but {source['study']}/JOURNAL.jsonl is not here",
+                          hint="restore it (commit the discovery study's journal after `lockstep discover`; it is what "
+                               "proves the order), or verify the bundle, which carries it")
     journal = read_journal(where)
     seq = source["journal_seq"]
     if seq >= len(journal.entries):
@@ -80,10 +93,18 @@ def check_discovery_source(repo_root: Path | None, spec: dict, prompts: list[dic
         raise ChainBroken(f"the discovery run (entry {seq}, finished {entry['finished_utc']}) did not finish before this "
                           f"study was frozen ({frozen_at})")
     read = set(entry.get("details", {}).get("pair_digests", []))
-    touched = sorted(p["id"] for p in prompts if pair_digest(p) in read)
+    texts = entry.get("details", {}).get("text_digests", {})
+    touched = []
+    for p in prompts:
+        hit = next((texts[d] for d in text_digests(p) if d in texts), None)
+        if hit is not None:
+            touched.append(f"{p['id']} (has a text of discovery pair {hit})")
+        elif pair_digest(p) in read:
+            touched.append(p["id"])
     if touched:
-        raise ChainBroken(f"{len(touched)} pair(s) of this study were read by discovery ({', '.join(touched[:5])}); "
-                          "confirmation must read pairs discovery never read")
+        raise ChainBroken(f"{len(touched)} prompt(s) of this study were read by discovery: {', '.join(touched[:5])}; "
+                          "confirmation must read prompts discovery never read (texts compared after case, NFKC and "
+                          "whitespace normalisation)", hint="remove them from prompts.jsonl (and the sampling plan's counts)")
     screened = entry.get("details", {}).get("weights_sha256")
     pinned = spec.get("model", {}).get("weights_sha256")
     if screened and pinned and screened != pinned:
@@ -114,16 +135,32 @@ def latest_discovery(frozen) -> tuple[dict, bytes, dict, Path]:
     return entry, line, json.loads(path.read_bytes()), path
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict[str, float]:
-    out = {}
+NAMES = {"probes": ("alpha", "min_mean_drop_logits", "min_specificity_ratio", "control_drop_floor_logits", "max_target_rank"),
+         "scan": ("alpha", "min_ratio", "min_cohen_d", "max_target_rank", "reproduction_ratio_tolerance")}
+
+
+def _parse_sets(values: tuple[str, ...], allowed: tuple[str, ...]) -> dict[str, float]:
+    """``NAME=VALUE`` pairs for this draft's thresholds: finite numbers; ``alpha`` in (0, 0.2]; a rank a whole number >= 1."""
+    import math
+
+    out: dict[str, float] = {}
     for item in values:
         name, sep, value = item.partition("=")
-        if not sep or name not in THRESHOLDS:
-            raise UsageError(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(THRESHOLDS)}")
+        if not sep or name not in allowed:
+            raise UsageError(f"--set {item!r}: expected NAME=VALUE with NAME one of this draft's thresholds: {', '.join(allowed)}")
         try:
-            out[name] = float(value) if name != "max_target_rank" else int(value)
+            number = float(value)
         except ValueError:
             raise UsageError(f"--set {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise UsageError(f"--set {item!r}: a threshold is a finite number")
+        if name == "max_target_rank":
+            if number != int(number) or number < 1:
+                raise UsageError(f"--set {item!r}: a rank is a whole number of at least 1")
+            number = int(number)
+        elif name == "alpha" and not 0 < number <= 0.2:
+            raise UsageError(f"--set {item!r}: alpha is a significance level in (0, 0.2]")
+        out[name] = number
     return out
 
 
@@ -217,10 +254,13 @@ def propose(study_dir: Path, out: Path, *, study_id: str | None = None, top: int
         raise UsageError(f"--probe {probe!r}: expected one of {', '.join(PROBES)}")
     if top < 1:
         raise UsageError("--top must be at least 1")
-    values = _parse_sets(sets)
     frozen = require_frozen(study_dir)
-    if "discovery" not in frozen.spec:
-        raise UsageError(f"{frozen.study_id} is not a discovery study (no `discovery` block)")
+    if "discovery" not in frozen.spec or frozen.design_record.discovery is None:
+        raise UsageError(f"{frozen.study_id} is not a discovery study (no `discovery` block)",
+                         hint="a discovery study is frozen with its `discovery` block; start one (`lockstep new`) and add it")
+    values = _parse_sets(sets, NAMES[frozen.design_record.discovery])
+    if groups is not None and frozen.design_record.discovery != "scan":
+        raise UsageError("--groups applies to a routing scan's draft (two prompt classes); this draft compares pairs")
     out = Path(out)
     if out.exists():
         raise UsageError(f"{out} exists; propose writes a new study folder", hint="name another --out, or delete it")
@@ -230,9 +270,14 @@ def propose(study_dir: Path, out: Path, *, study_id: str | None = None, top: int
     if not targets:
         raise StageRefused("the discovery ranked no unit", hint=f"rerun `lockstep discover {frozen.root}`")
     disc_split = record["split"]
+    if split == disc_split:
+        raise UsageError(f"--split {split!r} is the discovery split; confirmation reads a split discovery never read",
+                         hint="e.g. --split heldout")
     prompts = [p for p in frozen.prompts if p["split"] != disc_split]
-    if not any(p["split"] == split for p in prompts):
-        raise UsageError(f"--split {split!r}: the discovery study has no pair in that split outside the discovery split")
+    reads = "headline" if not routing else None  # an ablation draft's analyses read the split's headline pairs
+    if not any(p["split"] == split and (reads is None or p["class"] == reads) for p in prompts):
+        raise UsageError(f"--split {split!r}: the discovery study has no {'headline pair' if reads else 'prompt'} in that split",
+                         hint="name the split the confirmatory analyses should read (e.g. heldout)")
     spec = copy.deepcopy(frozen.spec)
     spec.pop("discovery", None)
     new_id = study_id or out.name

@@ -52,6 +52,10 @@ def describe(error) -> str:
     if error.validator in ("enum", "const"):
         expected = error.validator_value if error.validator == "enum" else [error.validator_value]
         return f"{error.instance!r} is not allowed; expected one of {', '.join(map(repr, expected))}"
+    if error.validator == "type" and error.instance is None:
+        return f"is empty; expected {error.validator_value} (a threshold `lockstep propose` left for you: write it here, " \
+               "or draft again with --set NAME=VALUE)" if list(error.absolute_path)[-1:] == ["value"] else \
+               f"is empty; expected {error.validator_value}"
     if error.validator == "type":
         return f"expected {error.validator_value}, found {type(error.instance).__name__} {error.instance!r}"
     return error.message

@@ -134,7 +134,9 @@ def _check_threshold_values(thresholds: Parsed, problems: ProblemList) -> None:
         if name.startswith("alpha") and not low < float(entry["value"]) <= high:
             pointer = f"/thresholds/{name}/value"
             problems.add("thresholds.yaml", pointer, f"is {entry['value']}, but a significance level must lie in ({low:g}, {high:g}] "
-                         "(0.05 is usual); a test at this level would call almost anything significant", thresholds.line_of(pointer))
+                         "(0.05 is usual); " + ("at 0 no test can reject anything" if float(entry["value"]) <= 0 else
+                                                "a test at this level would call almost anything significant"),
+                         thresholds.line_of(pointer))
 
 
 def unused_thresholds(spec: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
@@ -225,6 +227,9 @@ def _check_analysis_references(i: int, study: Parsed, prompts: Parsed, rubric: P
             if run is not None and run not in runs:
                 pointer = f"{at}/{key}" if key == "run" else f"{at}/runs/{j}"
                 add("study.yaml", study, pointer, f"names run {run!r}, which is not in /runtime/runs")
+    if "run" not in analysis and "runs" not in analysis and len(runs) > 1:
+        add("study.yaml", study, f"{at}", f"names no run, and the study has {len(runs)} ({', '.join(sorted(runs))}); "
+            "add `run: <id>` (an analysis reads one run's data; a study with a single run may leave it out)")
     for j, pid in enumerate((analysis.get("leave_out") or {}).get("prompts", [])):
         if pid not in {r.get("id") for r in records}:
             add("study.yaml", study, f"{at}/leave_out/prompts/{j}", f"{pid!r} is not a prompt id in prompts.jsonl")
@@ -422,6 +427,9 @@ def _check_discovery(spec: dict, records: list[dict], study: Parsed, add) -> Non
     if record.discovery == "scan":
         if not any(r.get("split") == split for r in records):
             add("study.yaml", study, "/discovery/split", f"names split {split!r}, which no prompt of prompts.jsonl has")
+        contrast = block.get("contrast") or {}
+        if contrast.get("a") is not None and contrast.get("a") == contrast.get("b"):
+            add("study.yaml", study, "/discovery/contrast", f"compares class {contrast['a']!r} with itself; name two different classes")
         for side, cls in sorted((block.get("contrast") or {}).items()):
             if not any(r.get("split") == split and r.get("class") == cls for r in records):
                 add("study.yaml", study, f"/discovery/contrast/{side}", f"names class {cls!r}, which the discovery split {split!r} has no prompt of")
@@ -431,6 +439,9 @@ def _check_discovery(spec: dict, records: list[dict], study: Parsed, add) -> Non
         if not any(r.get("split") == split and r.get("class") in classes and "clean" in r for r in records):
             add("study.yaml", study, "/discovery/split", f"names split {split!r}, which has no pair of class {', '.join(classes)} in prompts.jsonl")
     for i, analysis in enumerate(spec.get("analyses") or []):
+        if "split" not in analysis:
+            add("study.yaml", study, f"/analyses/{i}", f"names no split, so it would read every split, the discovery "
+                f"split {split!r} included; add `split: <a split discovery does not read>`")
         if analysis.get("split") == split:
             add("study.yaml", study, f"/analyses/{i}/split", f"reads split {split!r}, the discovery split; an analysis must "
                 "read pairs discovery never read (give discovery its own split)")

@@ -502,7 +502,8 @@ def lock_commit_note(study_dir: Path, root: Path | None, journal: Journal) -> tu
     if first is None:
         return commit, False, said + f"; the first capture (entry {captures[0]['seq']}) recorded no commit"
     if is_ancestor(Path(root), commit, first):
-        return commit, True, said + f", which precedes the first capture's commit {first[:12]} (entry {captures[0]['seq']})"
+        how = "is the commit the first capture ran at" if first == commit else f"precedes the first capture's commit {first[:12]}"
+        return commit, True, said + f", which {how} (entry {captures[0]['seq']})"
     return commit, False, said + f", which does NOT precede the first capture's commit {first[:12]} (entry {captures[0]['seq']}): the lock was committed after capture"
 
 

@@ -57,8 +57,14 @@ def null_twin(tmp_path_factory):
     return _flow(tmp_path_factory, "-null")
 
 
+def _run_folder(repo: Path, study: str) -> Path:
+    """The folder the study's newest discover entry wrote (its journal says where)."""
+    entries = [json.loads(line) for line in (repo / "preregistrations" / study / "JOURNAL.jsonl").read_text().splitlines()]
+    return repo / [e for e in entries if e["stage"] == "discover"][-1]["details"]["folder"]
+
+
 def _discovery(repo: Path, twin: str = "") -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    folder = repo / "runs" / f"demo-discover{twin}" / "_discovery"
+    folder = _run_folder(repo, f"demo-discover{twin}")
     return (json.loads((folder / "discovery.json").read_text()), pd.read_parquet(folder / "candidates.parquet"),
             pd.read_parquet(folder / "slots.parquet"))
 
@@ -73,7 +79,7 @@ def test_discovery_ranks_the_planted_head_first_and_reads_only_its_split(planted
     split_of = {p["id"]: p["split"] for p in prompts}
     assert record["pairs_read"] and {split_of[i] for i in record["pairs_read"]} == {"discovery"}
     # the summary is the per-pair table's mean over the pairs left in (recomputed here with pandas)
-    pairs = pd.read_parquet(planted / "runs/demo-discover/_discovery/pairs.parquet")
+    pairs = pd.read_parquet(_run_folder(planted, "demo-discover") / "pairs.parquet")
     kept = set(pairs.loc[pairs["excluded_by"].isna(), "pair_id"])
     mine = slots[slots["pair_id"].isin(kept)].groupby("slot")["attribution_drop"].mean()
     for _, row in heads.iterrows():
@@ -126,15 +132,19 @@ def test_a_confirmatory_pair_discovery_read_is_refused_at_freeze(planted):
     discovery_pair = next(json.loads(line) for line in (planted / "preregistrations/demo-discover/prompts.jsonl")
                           .read_text().splitlines() if json.loads(line)["split"] == "discovery")
     renamed = {**discovery_pair, "id": "head-renamed", "split": "heldout"}
+    # the same clean prompt with a doubled space and a new corrupted prompt: the model reads the same tokens
+    spaced = {**discovery_pair, "id": "head-spaced", "split": "heldout", "clean": discovery_pair["clean"].replace(" ", "  ") + " ",
+              "corrupted": "zeldra is the capital of"}
     with (out / "prompts.jsonl").open("a") as f:
-        f.write(json.dumps(renamed) + "\n")
+        f.write(json.dumps(renamed) + "\n" + json.dumps(spaced) + "\n")
     spec = yaml.safe_load((out / "study.yaml").read_text())
-    spec["sampling_plan"]["classes"]["headline"] += 1
-    spec["sampling_plan"]["splits"]["heldout"] += 1
+    spec["sampling_plan"]["classes"]["headline"] += 2
+    spec["sampling_plan"]["splits"]["heldout"] += 2
     (out / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     commit_all(planted, "leaky draft")
     said = lockstep("prereg", out, cwd=planted, check=False)
     assert said.returncode == 1 and "read by discovery" in said.stderr and "head-renamed" in said.stderr
+    assert "head-spaced (has a text of discovery pair disc-" in said.stderr
     assert not (out / "prereg.lock.json").exists()
 
 
@@ -160,7 +170,7 @@ def test_the_order_and_the_weights_are_checked():
     from lockstep.propose import check_discovery_source
 
     assert check_discovery_source(None, {}, []) == "not derived from a discovery run"
-    with pytest.raises(ChainBroken, match="holds no journal"):
+    with pytest.raises(ChainBroken, match="JOURNAL.jsonl is not here"):
         check_discovery_source(Path("/nonexistent"), {"discovery_source": {"study": "x", "study_id": "x", "journal_seq": 0,
                                                                            "entry_sha256": "0" * 64, "record_sha256": "0" * 64}}, [])
 
@@ -196,3 +206,63 @@ def test_the_bundle_carries_the_discovery_and_verifies_elsewhere(planted, tmp_pa
     shutil.copyfile(bundle, away)
     said = lockstep("verify", away, cwd=tmp_path)
     assert "verify_discovery: proposed from demo-discover" in said.stdout and "verify: intact" in said.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "min_ratio=2"], "this draft's thresholds"),          # a routing threshold on an ablation draft
+    (["--set", "max_target_rank=0"], "whole number of at least 1"),
+    (["--set", "max_target_rank=2.5"], "whole number of at least 1"),
+    (["--set", "alpha=nan"], "finite number"),
+    (["--set", "alpha=0.5"], "(0, 0.2]"),
+    (["--groups", "FIRE,NOFIRE"], "--groups applies to a routing scan"),
+    (["--split", "discovery"], "is the discovery split"),
+    (["--split", "reference"], "no headline pair in that split"),
+])
+def test_propose_refuses_what_does_not_apply_to_its_draft(planted, args, words):
+    out = planted / "preregistrations" / "refused-draft"
+    said = lockstep("propose", "preregistrations/demo-discover", "--out", out, *args, cwd=planted, check=False)
+    assert said.returncode == 2 and words in said.stderr and "Traceback" not in said.stderr
+    assert not out.exists()
+
+
+def test_a_bundle_name_verify_could_not_recognise_is_refused(planted):
+    said = lockstep("bundle", "preregistrations/demo-confirm", "--out", planted / "h.tar.gz", cwd=planted, check=False)
+    assert said.returncode == 2 and ".bundle.tar.gz" in said.stderr and not (planted / "h.tar.gz").exists()
+
+
+def test_an_analysis_without_a_split_or_a_run_is_refused_where_it_would_read_too_much(tmp_path):
+    from lockstep.designs import design_of
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    study = copy_study("demo-discover", repo)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    spec["units"]["targets"] = [{"id": "L3H2", "layer": 3, "head": 2}]
+    spec["analyses"] = [{"id": "B1", "kind": "ablation_drop", "metric": "margin_drop", "mode": "individual",
+                         "targets": ["L3H2"], "pairs": "headline"}]  # no split: it would read the discovery split too
+    spec["hypotheses"] = [{"id": "H1", "kind": "exploratory", "direction": "greater", "analysis": "B1", "thresholds": ["alpha"],
+                           "evidence_type": "intervention",
+                           "claim": "Mean-ablating L3H2 reduces the clean logit-difference margin on headline pairs, sign-flip p below alpha."}]
+    (study / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    said = lockstep("validate", study, cwd=repo, check=False)
+    assert said.returncode == 1 and "/analyses/0: names no split" in said.stderr
+    # one run: an analysis that names none reads it; two runs: it must say which
+    assert design_of("ablation").resolve_analysis(spec["analyses"][0], spec)["run"] == "forward"
+    spec["analyses"][0]["split"] = "heldout"
+    spec["runtime"]["runs"].append({"id": "again", "decoding": "none"})
+    (study / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    said = lockstep("validate", study, cwd=repo, check=False)
+    assert said.returncode == 1 and "names no run, and the study has 2" in said.stderr
+
+
+def test_a_contrast_of_a_class_with_itself_is_refused(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    study = copy_study("demo-trained-moe", repo)
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    spec["discovery"]["contrast"] = {"a": "FIRE", "b": "FIRE"}
+    (study / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    said = lockstep("validate", study, cwd=repo, check=False)
+    assert said.returncode == 1 and "compares class 'FIRE' with itself" in said.stderr

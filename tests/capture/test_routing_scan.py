@@ -22,7 +22,9 @@ def test_the_scan_finds_the_planted_expert_with_its_words(tmp_path):
     said = subprocess.run([sys.executable, "-m", "lockstep", "discover", str(study), "--no-progress"], cwd=repo,
                           capture_output=True, text=True)
     assert said.returncode == 0, said.stderr
-    folder = repo / "runs" / "demo" / "_discovery"
+    entry = json.loads((study / "JOURNAL.jsonl").read_text().splitlines()[-1])
+    folder = repo / entry["details"]["folder"]
+    assert folder.name == "run-1"
     record = json.loads((folder / "discovery.json").read_text())
     candidates = pd.read_parquet(folder / "candidates.parquet")
     layer1 = candidates[candidates["layer"] == 1].sort_values("rank_in_layer")
