@@ -513,7 +513,7 @@ def run_scan(frozen, *, runs_root: Path | None = None, model_path: Path | None =
     runtime with every MoE layer recorded (the routing capture itself, on those prompts only), then per unit
     the routed weight W pooled over the prefill and generated zones, the best ``top_units`` of each layer,
     the special tokens that spilled past the end of the answer, and each best unit's heaviest tokens with
-    ``window`` tokens of text either side. Writes ``_discovery/`` with the scan's run folder in ``scan/``."""
+    ``window`` tokens of text either side. Writes ``_discovery/run-<n>/`` with the scan's run folder in ``scan/``."""
     import dataclasses
 
     from lockstep.units import unit_id
