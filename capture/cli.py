@@ -172,6 +172,14 @@ def _write_entry(frozen, root: Path, todo: list[Path], outputs: dict[str, str], 
                  details=details, started_utc=started)
 
 
+def _ranked_by(record: dict) -> str:
+    """What a discovery run's proposal order is by, in words."""
+    if record.get("design") != "routing":
+        return "slots by attribution"
+    contrast = (record.get("settings") or {}).get("contrast")
+    return f"units by pooled W, {contrast['a']} minus {contrast['b']}" if contrast else "units by pooled W"
+
+
 @click.command("discover")
 @click.argument("study_dir", type=click.Path(path_type=Path))
 @click.option("--runs-root", type=click.Path(path_type=Path), default=None,
@@ -224,7 +232,7 @@ def discover(study_dir: Path, runs_root, model_path, device_map, allow_deviation
                          lock_digest=frozen.lock_digest, details=details, started_utc=started)
     best = [f"{r}" for r in record["ranked"][:3]] if "ranked" in record else []
     click.echo(f"{folder}: {len(record['pairs_read'])} discovery {'prompts scanned' if record.get('design') == 'routing' else 'pairs screened'}"
-               + (f"; best {'units by pooled W' if record.get('design') == 'routing' else 'slots by attribution'}: {', '.join(best)}" if best else "")
+               + (f"; best {_ranked_by(record)}: {', '.join(best)}" if best else "")
                + (f"; exact check Spearman rho {record['exact_check']['spearman_rho']:.2f}"
                   if record.get("exact_check", {}).get("spearman_rho") is not None else "")
                + (f"; special tokens generated: {' '.join(f'{n} {t}' for t, n in record['spill']['special_tokens_generated'].items()) or 'none'}"
