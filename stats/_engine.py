@@ -574,16 +574,8 @@ def collect(blocks: Iterator[np.ndarray], lay: _Layout, g_obs: np.ndarray, s_obs
     null_keep = np.concatenate(kept) if kept else None
     count_unc = lay.from_columns(tally.count_unc)
     count_sd = (np.repeat(tally.sd_all, lay.k) + tally.sd_part)[:nf]
-    if half:  # each relabeling stands for itself and its complement (score identical)
-        p *= 2
-        count_unc = count_unc * 2
-        count_sd = count_sd * 2
-        null_max = np.concatenate([null_max, null_max])
-        if null_keep is not None:
-            null_keep = np.concatenate([null_keep, -null_keep])
-    srt = np.sort(null_max)
-    thr_s = tally.thr_b.ravel()[:nf].astype(np.float64)
-    count_ss = (srt.size - np.searchsorted(srt, thr_s, side="left"))
+    p, count_unc, count_sd, null_max, null_keep, count_ss = finish_counts(
+        half, p, count_unc, count_sd, null_max, null_keep, tally.thr_b.ravel()[:nf])
     inv = np.argsort(lay.order)
     return ScanResult(
         observed=observed,
@@ -633,3 +625,20 @@ def relabelings(design: str, n: int, n1: int, *, exact: bool, alternative: str, 
         half = can_halve(design, n, n1, alternative)
         return exact_relabelings(design, n, n1, half, batch, dtype), half
     return random_relabelings(design, n, n1, n_resamples, rng, batch, dtype), False
+
+
+def finish_counts(half: bool, p: int, count_unc, count_sd, null_max: np.ndarray, null_keep, thr) -> tuple:
+    """The scan's counts once every relabeling is tallied, shared by the numpy and torch backends: with
+    ``half``, each relabeling stands for itself and its complement (same score), so counts and ``p`` double
+    and the null maxima (and the target's kept null, negated) are repeated; then ``count_ss``, how many null
+    maxima reach each unit's threshold (single-step max-T)."""
+    if half:
+        p *= 2
+        count_unc = count_unc * 2
+        count_sd = count_sd * 2
+        null_max = np.concatenate([null_max, null_max])
+        if null_keep is not None:
+            null_keep = np.concatenate([null_keep, -null_keep])
+    srt = np.sort(null_max)
+    count_ss = srt.size - np.searchsorted(srt, np.asarray(thr, dtype=np.float64), side="left")
+    return p, count_unc, count_sd, null_max, null_keep, count_ss

@@ -255,15 +255,8 @@ def _collect(torch, blocks, cols: np.ndarray, s_obs: np.ndarray, thr: np.ndarray
     null_keep = torch.cat(kept).cpu().numpy() if kept else None
     count_unc = count_unc.cpu().numpy()
     count_sd = count_sd.cpu().numpy()
-    if half:  # each relabeling stands for itself and its complement (score identical)
-        p *= 2
-        count_unc = count_unc * 2
-        count_sd = count_sd * 2
-        null_max = np.concatenate([null_max, null_max])
-        if null_keep is not None:
-            null_keep = np.concatenate([null_keep, -null_keep])
-    srt = np.sort(null_max)
-    count_ss = srt.size - np.searchsorted(srt, thr_d.astype(np.float64), side="left")
+    p, count_unc, count_sd, null_max, null_keep, count_ss = _engine.finish_counts(
+        half, p, count_unc, count_sd, null_max, null_keep, thr_d)
     return _engine.ScanResult(
         observed=observed,
         observed_score=s_obs,

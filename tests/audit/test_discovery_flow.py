@@ -165,14 +165,21 @@ def test_an_altered_discovery_journal_breaks_the_confirmatory_verify(planted, tm
     assert said.returncode != 0 and "verify_discovery" in said.stdout
 
 
-def test_the_order_and_the_weights_are_checked():
+def test_the_order_and_the_weights_are_checked(planted):
     from lockstep.errors import ChainBroken
     from lockstep.propose import check_discovery_source
 
     assert check_discovery_source(None, {}, []) == "not derived from a discovery run"
+    spec = yaml.safe_load((planted / "preregistrations/demo-confirm/study.yaml").read_text())
+    prompts = [json.loads(line) for line in (planted / "preregistrations/demo-confirm/prompts.jsonl").read_text().splitlines()]
+    assert "fence: none of its" in check_discovery_source(planted, spec, prompts, frozen_at="2999-01-01T00:00:00Z")
+    with pytest.raises(ChainBroken, match="did not finish before this study was frozen"):
+        check_discovery_source(planted, spec, prompts, frozen_at="2000-01-01T00:00:00Z")
+    other = {**spec, "model": {**spec["model"], "weights_sha256": "0" * 64}}
+    with pytest.raises(ChainBroken, match="discovery screened weights"):
+        check_discovery_source(planted, other, prompts)
     with pytest.raises(ChainBroken, match="JOURNAL.jsonl is not here"):
-        check_discovery_source(Path("/nonexistent"), {"discovery_source": {"study": "x", "study_id": "x", "journal_seq": 0,
-                                                                           "entry_sha256": "0" * 64, "record_sha256": "0" * 64}}, [])
+        check_discovery_source(Path("/nonexistent"), spec, prompts)
 
 
 def test_discovery_on_a_split_an_analysis_reads_is_refused(tmp_path):
