@@ -211,7 +211,7 @@ def verify_ledger(ctx: Context) -> str:
         differing = [c["hypothesis"] for c, d in zip(recomputed["claims"], on_disk["claims"]) if c["status"] != d.get("status")]
         raise LockMismatch(f"{ledger_path} differs from the ledger recomputed from the captured tables"
                            + (f" (claims {differing} change status)" if differing else ""),
-                           hint=f"rerun `make audit STUDY={study_id}`, or find what changed the tables")
+                           hint=f"rerun `lockstep audit {'STUDY' if ctx.bundle else ctx.study_dir}`, or find what changed the tables")
     return "the ledger on disk equals the one recomputed from the captured tables"
 
 

@@ -135,7 +135,7 @@ def review(study_dir: Path, approve: bool, reject: bool, reviewer: str, note: st
         click.echo(f"{frozen.study_id}: finished an interrupted review (its redrawn report moved into place)")
     ledger = reports_dir(frozen) / LEDGER
     if not ledger.exists():
-        raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `make audit STUDY={frozen.study_id}` first")
+        raise StageRefused(f"{ledger} does not exist: there is nothing to review", hint=f"run `lockstep audit {frozen.root}` first")
     from .data import check_audited
 
     check_audited(frozen, ledger)  # a reviewer approves the ledger the audit wrote, nothing else

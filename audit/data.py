@@ -30,7 +30,7 @@ def _captures(frozen, run_id: str) -> list[dict]:
     captures = frozen.journal.captures_of(run_id)
     if not captures:
         raise StageRefused(f"run {run_id!r} of {frozen.study_id} has no capture in the journal",
-                           hint=f"run `make capture STUDY={frozen.study_id}` first")
+                           hint=f"run `lockstep capture {frozen.root}` first")
     return captures
 
 
@@ -61,7 +61,7 @@ def check_captured_files(frozen, run_id: str, run_dir: Path, names, optional=())
         if not path.exists():
             if name in optional:
                 continue
-            raise StageRefused(f"{path} is missing", hint=f"run `make capture STUDY={frozen.study_id}` again")
+            raise StageRefused(f"{path} is missing", hint=f"run `lockstep capture {frozen.root}` again")
         if outputs.get(_rel(frozen, path)) != sha256_file(path):
             raise StageRefused(f"{path} differs from the file the capture recorded in the journal (entry {captures[-1]['seq']})",
                                hint="captured data cannot change after capture; restore it, or capture into a new run")
@@ -79,10 +79,10 @@ def check_audited(frozen, path: Path) -> None:
     """``path`` (a report file) is as the newest audit entry recorded it; StageRefused otherwise."""
     audits = frozen.journal.stages("audit")
     if not audits:
-        raise StageRefused(f"{path} is not recorded by any audit in the journal", hint=f"run `make audit STUDY={frozen.study_id}`")
+        raise StageRefused(f"{path} is not recorded by any audit in the journal", hint=f"run `lockstep audit {frozen.root}`")
     if audits[-1]["outputs"].get(_rel(frozen, path)) != sha256_file(path):
         raise StageRefused(f"{path} differs from the file the audit recorded in the journal (entry {audits[-1]['seq']})",
-                           hint=f"the ledger cannot change after its audit; restore it, or rerun `make audit STUDY={frozen.study_id}`")
+                           hint=f"the ledger cannot change after its audit; restore it, or rerun `lockstep audit {frozen.root}`")
 
 
 def captured_run_dir(frozen, run_id: str) -> Path:
@@ -90,7 +90,7 @@ def captured_run_dir(frozen, run_id: str) -> Path:
     run_dir = run_dir_of(frozen, run_id)
     if not (run_dir / artifacts.MANIFEST).exists():
         raise StageRefused(f"run {run_id!r} of {frozen.study_id} is not captured ({run_dir}/{artifacts.MANIFEST} is missing)",
-                           hint=f"run `make capture STUDY={frozen.study_id}`")
+                           hint=f"run `lockstep capture {frozen.root}`")
     return run_dir
 
 

@@ -128,7 +128,7 @@ def read_texts(run_dir: Path, rubric: dict) -> pd.DataFrame:
     path = Path(run_dir) / artifacts.TEXTS
     if not path.exists():
         raise StageRefused(f"{path} does not exist: this run has not been captured",
-                           hint="run `make capture STUDY=...` first")
+                           hint="run `lockstep capture STUDY` first")
     return pq.read_table(path, columns=["prompt_id", _text_column(rubric)]).to_pandas().rename(columns={_text_column(rubric): "text"})
 
 

@@ -202,7 +202,7 @@ def render_report(report_dir: Path, context: ReportContext | None = None) -> Pat
     Parameters
     ----------
     report_dir : pathlib.Path
-        A report folder as ``make audit`` writes it: ``ledger.json`` and, optionally, the tables
+        A report folder as ``lockstep audit`` writes it: ``ledger.json`` and, optionally, the tables
         ``tables/<name>.parquet`` of :data:`TABLE_COLUMNS`.
     context : ReportContext, optional
         The study's first-screen facts (:func:`study_context`); without it the first screen shows what
@@ -250,16 +250,16 @@ class _Inputs:
 def _load_inputs(report_dir: Path) -> _Inputs:
     if not report_dir.is_dir():
         raise UsageError(f"report folder {report_dir} does not exist",
-                         hint="run `make audit STUDY=<study>` first; it writes reports/<study>/")
+                         hint="run `lockstep audit STUDY` first; it writes reports/<study_id>/")
     ledger_path = report_dir / "ledger.json"
     if not ledger_path.is_file():
         raise UsageError(f"{ledger_path} does not exist",
-                         hint="run `make audit STUDY=<study>` first; it writes the ledger the report is drawn from")
+                         hint="run `lockstep audit STUDY` first; it writes the ledger the report is drawn from")
     try:
         ledger = json.loads(ledger_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SchemaError([Problem("ledger.json", "", f"is not valid JSON: {exc.msg}", exc.lineno)],
-                          hint="re-run `make audit`; the ledger is written by the audit, never by hand") from exc
+                          hint="rerun `lockstep audit STUDY`; the ledger is written by the audit, never by hand") from exc
     problems = record_problems(LEDGER_SCHEMA, ledger, "ledger.json")
     tables: dict[str, pd.DataFrame | None] = {}
     reasons: dict[str, str] = {}
@@ -284,7 +284,7 @@ def _load_inputs(report_dir: Path) -> _Inputs:
                 frame[flag] = frame[flag].astype("boolean").fillna(False).astype(bool)
         tables[name] = frame
     if problems:
-        raise SchemaError(problems, hint="the report reads what `make audit` writes; re-run it with this tool version")
+        raise SchemaError(problems, hint="the report reads what `lockstep audit` writes; rerun `lockstep audit STUDY` with this tool version")
     return _Inputs(ledger=ledger, tables=tables, reasons=reasons)
 
 

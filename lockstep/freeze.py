@@ -18,7 +18,14 @@ import yaml
 
 from . import __version__
 from .artifacts import JOURNAL_FORMAT_VERSION, LOCK_FORMAT_VERSION, SCHEMA_VERSION
-from .errors import ChainBroken, DirtyStudy, LockMismatch, ProblemList, UsageError
+from .errors import (
+    ChainBroken,
+    DirtyStudy,
+    LockMismatch,
+    ProblemList,
+    SchemaError,
+    UsageError,
+)
 from .fsio import atomic_write, pretty_json, sha256_bytes, sha256_file, utc_now
 from .gate import require_frozen
 from .journal import (
@@ -234,13 +241,17 @@ def freeze_amendment(study_dir: Path, *, allow_dirty: bool = False) -> FreezeRes
     frozen = require_frozen(study_dir, allow_draft=True)
     root = repo_root(study_dir)
     problems = ProblemList()
-    where = f"{folder.name}/{AMENDMENT_FILE}"
+    where = f"{AMENDMENTS}/{folder.name}/{AMENDMENT_FILE}"
     meta = read_yaml(folder / AMENDMENT_FILE, where, problems).data  # the plan files' safe reader (no aliases, bounded)
     for error in _validator("amendment").iter_errors(meta) if meta is not None else ():
         problems.add(where, "/" + "/".join(map(str, error.absolute_path)), error.message)
     problems.raise_if_any()
     files = effective_files(study_dir) | {name: folder / name for name in meta["replaces"]}
-    load_study(study_dir, files)
+    try:
+        load_study(study_dir, files)
+    except SchemaError as exc:  # `lockstep validate` reads only frozen amendments: point back at this command
+        raise SchemaError(exc.problems, hint=f"correct the files listed (paths inside {study_dir}), commit, "
+                                             f"then run `lockstep amend {study_dir} --freeze` again") from None
     unchanged = [n for n in meta["replaces"] if sha256_file(folder / n) == sha256_file(effective_files(study_dir)[n])]
     if unchanged:
         raise UsageError(f"amendment {folder.name} replaces {', '.join(unchanged)} without changing a byte",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
     if (parsed_all and isinstance(study.data, dict) and not bad_files - {"study.yaml"}
             and len(valid_records) == len(prompts.data)):
         _cross_checks(root, study, prompts, rubric, thresholds, problems, partial="study.yaml" in bad_files)
+    _name_read_files(problems, root, files)
     problems.raise_if_any(hint="correct the files listed, then run `lockstep validate` again")
     spec = study.data
     record = design_of(spec["design"])
@@ -115,6 +116,19 @@ def load_study(root: Path, files: dict[str, Path] | None = None) -> Study:
     )
 
 
+def _name_read_files(problems: ProblemList, root: Path, files: dict[str, Path]) -> None:
+    """Name each problem by the file it was read from: a plan file an amendment replaces lives in
+    ``amendments/NNN/``, and that copy, not the study's top-level file, is the one to edit."""
+    for index, problem in enumerate(problems.problems):
+        source = files.get(problem.file)
+        if source is not None and Path(source) != root / problem.file:
+            try:
+                label = Path(source).relative_to(root).as_posix()
+            except ValueError:  # read from outside the study folder: name it in full
+                label = str(source)
+            problems.problems[index] = replace(problem, file=label)
+
+
 def _check_schema(name: str, file: str, parsed: Parsed, problems: ProblemList, *, base: str = "", line: int | None = None) -> None:
     if parsed.data is None:
         return
@@ -127,16 +141,51 @@ def _check_schema(name: str, file: str, parsed: Parsed, problems: ProblemList, *
 ALPHA_RANGE = (0.0, 0.2)  # a significance level outside (0, 0.2] is a typo or a test that means nothing
 
 
+#: quantities with a bounded range: (lowest, highest, whole numbers only, what the quantity is)
+QUANTITY_DOMAINS: dict[str, tuple[float | None, float | None, bool, str]] = {
+    "target_rank": (1, None, True, "a rank among the units (1 is the best unit)"),
+    "target_percentile": (0, 100, False, "a percentile"),
+    "auc": (0, 1, False, "an AUC"),
+    "jaccard": (0, 1, False, "a Jaccard overlap"),
+    "rank_correlation": (-1, 1, False, "a correlation"),
+    "correlation": (-1, 1, False, "a correlation"),
+    "rank_correlation_s": (-1, 1, False, "a correlation"),
+    "correlation_s": (-1, 1, False, "a correlation"),
+    "mismatched_tokens": (0, None, True, "a count"),
+    "mismatched_topk": (0, None, True, "a count"),
+    "active_pairs": (0, None, True, "a count"),
+}
+
+
 def _check_threshold_values(thresholds: Parsed, problems: ProblemList) -> None:
-    """Values a verdict cannot rest on: a significance level (``alpha*``) outside (0, 0.2]."""
+    """Values a verdict cannot rest on: a significance level (``alpha*``) outside (0, 0.2]; a bound
+    outside the range of the quantity it bounds (a rank below 1, a correlation above 1, a negative
+    count or tolerance), which the verdict would meet always or never."""
     low, high = ALPHA_RANGE
     for name, entry in thresholds.data["thresholds"].items():
-        if name.startswith("alpha") and not low < float(entry["value"]) <= high:
-            pointer = f"/thresholds/{name}/value"
+        pointer = f"/thresholds/{name}/value"
+        value = float(entry["value"])
+        if name.startswith("alpha") and not low < value <= high:
             problems.add("thresholds.yaml", pointer, f"is {entry['value']}, but a significance level must lie in ({low:g}, {high:g}] "
-                         "(0.05 is usual); " + ("at 0 no test can reject anything" if float(entry["value"]) <= 0 else
+                         "(0.05 is usual); " + ("at 0 no test can reject anything" if value <= 0 else
                                                 "a test at this level would call almost anything significant"),
                          thresholds.line_of(pointer))
+            continue
+        if name.endswith("_tolerance") and value < 0:
+            problems.add("thresholds.yaml", pointer, f"is {entry['value']}, but a tolerance is at least 0 (a difference "
+                         "within it passes; a negative one passes nothing)", thresholds.line_of(pointer))
+            continue
+        op, candidates = threshold_quantity(name)
+        quantity = next((c for c in candidates if c in QUANTITY_DOMAINS), None)
+        if op is None or quantity is None:
+            continue
+        lo, hi, whole, what = QUANTITY_DOMAINS[quantity]
+        outside = (lo is not None and value < lo) or (hi is not None and value > hi)
+        if outside or (whole and value != int(value)):
+            span = (f"from {lo:g}" if lo is not None else "") + (f" to {hi:g}" if hi is not None else " up")
+            problems.add("thresholds.yaml", pointer, f"is {entry['value']}, but {name!r} bounds {quantity!r}, {what}, which runs "
+                         f"{span.strip()}" + (" in whole numbers" if whole else "") + "; a bound outside that range is met "
+                         "always or never, so the verdict would not depend on the data", thresholds.line_of(pointer))
 
 
 def unused_thresholds(spec: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
@@ -427,12 +476,21 @@ def _check_discovery(spec: dict, records: list[dict], study: Parsed, add) -> Non
     if record.discovery == "scan":
         if not any(r.get("split") == split for r in records):
             add("study.yaml", study, "/discovery/split", f"names split {split!r}, which no prompt of prompts.jsonl has")
-        contrast = block.get("contrast") or {}
-        if contrast.get("a") is not None and contrast.get("a") == contrast.get("b"):
-            add("study.yaml", study, "/discovery/contrast", f"compares class {contrast['a']!r} with itself; name two different classes")
-        for side, cls in sorted((block.get("contrast") or {}).items()):
-            if not any(r.get("split") == split and r.get("class") == cls for r in records):
-                add("study.yaml", study, f"/discovery/contrast/{side}", f"names class {cls!r}, which the discovery split {split!r} has no prompt of")
+        # One message per bad class: a class named on both sides is one problem, not two; a key other than
+        # a/b, or a class that is not a string, is the schema's to report.
+        contrast = block.get("contrast") if isinstance(block.get("contrast"), dict) else {}
+        sides = {side: contrast[side] for side in ("a", "b") if isinstance(contrast.get(side), str)}
+        present = sorted({r["class"] for r in records if r.get("split") == split and isinstance(r.get("class"), str)})
+        has = f" (it has {', '.join(present)})" if present else ""
+        if len(sides) == 2 and sides["a"] == sides["b"]:
+            absent = "" if sides["a"] in present else f" (and the discovery split {split!r} has no prompt of it)"
+            add("study.yaml", study, "/discovery/contrast",
+                f"compares class {sides['a']!r} with itself{absent}; name two different classes of the split{has}")
+        else:
+            for side, cls in sides.items():
+                if cls not in present:
+                    add("study.yaml", study, f"/discovery/contrast/{side}",
+                        f"names class {cls!r}, which the discovery split {split!r} has no prompt of{has}")
     else:
         classes = block.get("pairs", "headline")
         classes = [classes] if isinstance(classes, str) else list(classes)

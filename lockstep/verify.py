@@ -54,7 +54,7 @@ def verify_lock_present(ctx: Context) -> str:
             raise LockMismatch(f"{ctx.study_dir / LOCK} is missing, but {JOURNAL} records stages run under a lock (the lock was removed)",
                                hint=f"restore {LOCK} and {SUMS} from git (git checkout -- {ctx.study_dir})")
         raise NotLocked(f"{ctx.study_dir} is not frozen: {LOCK} is missing",
-                        hint=f"run `make prereg STUDY={ctx.study_dir.name}` (or `lockstep prereg {ctx.study_dir}`) first")
+                        hint=f"run `lockstep prereg {ctx.study_dir}` first")
     return f"{LOCK} present"
 
 

@@ -540,11 +540,11 @@ class Evidence:
 
     def detail(self) -> str:
         """What the level rests on: who signed which entry, each timestamp, the lock's commit."""
-        parts = []
+        parts = []  # entries are "#SEQ STAGE": journal entry numbers, never counts
         if self.signed:
-            parts.append("signed: " + ", ".join(f"{k} by {'/'.join(v)}" for k, v in self.signed.items()))
+            parts.append("signed journal entries: " + ", ".join(f"#{k} by {'/'.join(v)}" for k, v in self.signed.items()))
         if self.unsigned:
-            parts.append("unsigned: " + ", ".join(self.unsigned))
+            parts.append("unsigned journal entries: " + ", ".join(f"#{k}" for k in self.unsigned))
         parts += [t["note"] for t in self.timestamps]
         parts += self.notes
         return "; ".join(parts) if parts else "hash chain only"

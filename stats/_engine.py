@@ -3,14 +3,16 @@
 One matrix product per chunk of relabelings: ``R (B×N) @ Z (N×F)`` where ``R`` holds 0/1 group
 labels (two-sample designs) or ±1 signs (paired designs) and ``Z`` is the data, prepared once so that
 the product is directly a *score* that orders relabelings the same way the statistic does. After the
-product, four cheap passes over the chunk, all in place or into reused buffers: the score (``abs`` or
-negation), a comparison with the observed thresholds into a bool buffer, that buffer summed down the
-columns as uint8 (per-unit exceedance counts), and one elementwise maximum over 64-unit blocks
-(per-relabeling maxima for single-step max-T, and a blocked suffix maximum in the order of the
-observed statistics for step-down max-T; see :class:`_Layout`). There is no Python loop over units
-or relabelings; the loops are over chunks of ``batch`` rows (default: about 8 M elements, so
-few BLAS calls, each of which pays a thread hand-off on a loaded machine) and, inside a chunk, over
-row blocks of about 1 M elements for the passes, so a block stays in cache from the first pass to
+product, one compiled pass over the chunk (:mod:`stats._kernels`, numba) does what the numpy passes
+do in four: the score (``abs`` or negation), a comparison with the observed thresholds counted per
+unit (exceedance counts), and the maxima of 64-unit blocks (per-relabeling maxima for single-step
+max-T, and a blocked suffix maximum in the order of the observed statistics for step-down max-T;
+see :class:`_Layout`). The numpy passes (:meth:`_Tally.add`: ``abs`` in place, a comparison into a
+bool buffer, uint8 column sums, one elementwise block maximum) run where numba is missing or
+``LOCKSTEP_KERNELS=numpy``, with identical counts. There is no Python loop over units or
+relabelings; the loops are over chunks of ``batch`` rows (default: about 8 M elements, so few BLAS
+calls, each of which pays a thread hand-off on a loaded machine) and, for the numpy passes, over
+row blocks of about 1 M elements inside a chunk, so a block stays in cache from the first pass to
 the last.
 
 Preparation (what makes one product enough)
@@ -23,7 +25,8 @@ Two-sample, ``N = n1 + n2``, ``s = Σ_{i∈A} z_i`` with ``z`` centred per unit:
   function of ``s``, the same for every unit, so comparing ``s`` is comparing ``t``.
 * ``welch_t`` with ``n1 == n2``: identical to Student's statistic (the variance terms reduce to the
   pooled one), so the same path. With ``n1 != n2`` a second product ``R @ z²`` gives the group sums of
-  squares and ``t`` is evaluated elementwise (about twice the cost).
+  squares and ``t`` is evaluated elementwise (about twice the cost), from the variance term expanded
+  as ``a·q + b·s² + c`` (:func:`welch_coefficients`: one square root and one division per element).
 
 Paired (sign flips), ``m = Σ_i ε_i z_i``: sign flips keep ``Σ d²`` fixed, so
 
@@ -55,6 +58,7 @@ p-values are at least ``1/(P+1)`` by construction.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -75,6 +79,22 @@ _SD_BLOCK = 64
 _CHUNK_ELEMENTS = 1 << 23
 #: elements per row block for the passes after the product (a block stays in cache across them).
 _SUB_ELEMENTS = 1 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def compiled():
+    """The compiled passes (:mod:`stats._kernels`), or None for the numpy passes: where numba cannot
+    be imported, or with ``LOCKSTEP_KERNELS=numpy``. Imported on first use (numba takes a second
+    to import and compiles on first call, or loads its cache)."""
+    import os
+
+    if os.environ.get("LOCKSTEP_KERNELS", "").strip().lower() == "numpy":
+        return None
+    try:
+        from stats import _kernels
+    except ImportError:  # pragma: no cover - numba is a dependency; this is the fallback
+        return None
+    return _kernels
 
 
 @dataclass(frozen=True)
@@ -131,14 +151,25 @@ def _welch_to_stat(t, rtol):
         return np.where(np.abs(t) >= big, np.sign(t) * np.inf, t)
 
 
+def welch_coefficients(n1: int, n2: int) -> tuple[float, float, float, float]:
+    """``(a, b, c, r)`` with Welch's variance term ``v_A/n1 + v_B/n2 = a·q + b·s² + c`` and
+    numerator ``r·s``, for group-A sum ``s`` and sum of squares ``q`` of standardised data (total
+    0 and ``N-1``): ``v_A = (q - s²/n1)/(n1-1)``, ``v_B = ((N-1) - q - s²/n2)/(n2-1)`` expanded, so
+    that the statistic costs one square root and one division per element, not seven."""
+    n = n1 + n2
+    a = 1.0 / (n1 * (n1 - 1)) - 1.0 / (n2 * (n2 - 1))
+    b = -(1.0 / (n1 * n1 * (n1 - 1)) + 1.0 / (n2 * n2 * (n2 - 1)))
+    c = (n - 1) / (n2 * (n2 - 1))
+    return a, b, c, n / (n1 * n2)
+
+
 def _welch_from_sums(s, q, n1, n2, floor):
     """Welch t from group-A sum ``s`` and sum of squares ``q`` of standardised data (total 0, N-1),
-    with the variance term floored at ``floor`` (:func:`welch_floor`)."""
-    n = n1 + n2
-    va = (q - s * s / n1) / (n1 - 1)
-    vb = ((n - 1) - q - s * s / n2) / (n2 - 1)
-    num = s * (n / (n1 * n2))
-    den = np.sqrt(np.maximum(va / n1 + vb / n2, floor))
+    with the variance term floored at ``floor`` (:func:`welch_floor`); see :func:`welch_coefficients`."""
+    a, b, c, r = welch_coefficients(n1, n2)
+    v = a * q + b * (s * s) + c
+    den = np.sqrt(np.maximum(v, floor))
+    num = s * r
     with np.errstate(divide="ignore", invalid="ignore"):
         t = num / den
     return np.where(num == 0, 0.0, t)
@@ -273,6 +304,7 @@ def random_relabelings(design: str, n: int, n1: int, n_resamples: int, rng: np.r
     Paired: independent fair signs.
     """
     base = np.arange(n)
+    rows = np.arange(_RNG_BLOCK)[:, None] * n  # flat offset of each row
 
     def blocks():
         left = n_resamples
@@ -281,7 +313,7 @@ def random_relabelings(design: str, n: int, n1: int, n_resamples: int, rng: np.r
             if design == "two_sample":
                 idx = rng.permuted(np.broadcast_to(base, (b, n)), axis=1)[:, :n1]
                 r = np.zeros((b, n), dtype=dtype)
-                np.put_along_axis(r, idx, 1, axis=1)
+                r.reshape(-1)[(idx + rows[:b]).reshape(-1)] = 1  # r[i, idx[i]] = 1
             else:
                 r = (1 - 2 * rng.integers(0, 2, size=(b, n), dtype=np.int8)).astype(dtype)
             left -= b
@@ -359,34 +391,35 @@ def _product(prep: Prepared, r: np.ndarray, out: np.ndarray, scratch: _Scratch) 
         b, dt = r.shape[0], prep.z.dtype
         q = scratch.get("q", b, dt)
         np.matmul(r, prep.z2, out=q)
-        _welch_inplace(out, q, scratch.get("w", b, dt), scratch.get("v", b, dt),
-                       scratch.get("m", b, np.bool_), prep.n1, prep.n - prep.n1, prep.floor)
+        _welch_inplace(out, q, scratch.get("w", b, dt), scratch.get("m", b, np.bool_), prep.n1,
+                       prep.n - prep.n1, prep.floor)
 
 
-def _welch_inplace(s, q, w, v, zero, n1: int, n2: int, floor: float) -> None:
-    """``s[:] = _welch_from_sums(s, q, n1, n2, floor)`` using ``q``, ``w``, ``v``, ``zero`` as scratch.
+def welch_constants(n1: int, n2: int, floor: float, dtype) -> np.ndarray:
+    """``a, b, c, floor, r`` of :func:`welch_coefficients` in ``dtype``, as the compiled kernel
+    takes them (the values numpy's weak Python scalars take when they meet an array of ``dtype``)."""
+    a, b, c, r = welch_coefficients(n1, n2)
+    return np.array([a, b, c, floor, r], dtype=dtype)
+
+
+def _welch_inplace(s, q, w, zero, n1: int, n2: int, floor: float) -> None:
+    """``s[:] = _welch_from_sums(s, q, n1, n2, floor)`` using ``q``, ``w``, ``zero`` as scratch.
 
     The same operations in the same order as :func:`_welch_from_sums` (so the same rounding,
-    bit for bit), without its chunk-sized temporaries.
+    bit for bit), without its chunk-sized temporaries; the compiled kernel does the same.
     """
-    n = n1 + n2
-    np.multiply(s, s, out=w)  # s²
-    np.divide(w, n1, out=v)
-    np.subtract(q, v, out=v)
-    np.divide(v, n1 - 1, out=v)  # va = (q - s²/n1)/(n1-1)
-    np.subtract(n - 1, q, out=q)
-    np.divide(w, n2, out=w)
-    np.subtract(q, w, out=q)
-    np.divide(q, n2 - 1, out=q)  # vb = ((n-1) - q - s²/n2)/(n2-1)
-    np.divide(v, n1, out=v)
-    np.divide(q, n2, out=q)
-    np.add(v, q, out=v)
-    np.maximum(v, floor, out=v)
-    np.sqrt(v, out=v)  # den
-    np.multiply(s, n / (n1 * n2), out=s)  # num
+    a, b, c, r = welch_coefficients(n1, n2)
+    np.multiply(s, s, out=w)
+    np.multiply(q, a, out=q)
+    np.multiply(w, b, out=w)
+    np.add(q, w, out=q)
+    np.add(q, c, out=q)
+    np.maximum(q, floor, out=q)
+    np.sqrt(q, out=q)  # den
+    np.multiply(s, r, out=s)  # num
     np.equal(s, 0, out=zero)
     with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(s, v, out=s)
+        np.divide(s, q, out=s)
     np.copyto(s, 0, where=zero)
 
 
@@ -461,6 +494,34 @@ class _Tally:
         if self.stepdown:
             self._step_down(s3, suf)
 
+    def add_compiled(self, kern, g: np.ndarray, alternative: str,
+                     welch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Take one chunk of product-space values ``g`` (not yet scored; padding anywhere) through
+        :func:`stats._kernels.tally`: the same counts and maxima as :meth:`add`. With ``welch`` =
+        ``(q, constants)``, ``g`` holds group sums and ``q`` sums of squares, and the kernel computes
+        the Welch t as it reads them (:func:`welch_constants`)."""
+        lay, (b, width) = self.lay, g.shape
+        dt = g.dtype
+        cnt = np.zeros(width, np.int32)  # int32 per chunk (a chunk has < 2³¹ rows)
+        sd_all = np.zeros(lay.nb, np.int32)
+        sd_part = np.zeros(lay.nb * lay.k, np.int32)
+        maxima = np.empty(b, np.float64)
+        mode = {"two-sided": 0, "greater": 1, "less": 2}[alternative]
+        it = np.int32 if dt == np.float32 else np.int64
+        ii = np.iinfo(it)
+        ic = np.array([ii.max, ii.min, ii.bits - 1, ii.min], it)
+        bbits = np.empty(lay.nb, it)
+        q, wc = welch if welch is not None else (g, np.empty(0, dt))
+        tbuf = np.empty(width if welch is not None else 0, dt)
+        kern.tally(g, g.view(it), q, wc, tbuf, tbuf.view(it), ic, self.thr_cols, mode, lay.k,
+                   lay.nb, lay.pad, self.thr_b, self.thr_hi, self.thr_lo, self.stepdown, cnt,
+                   sd_all, sd_part, maxima, np.empty(lay.nb, it), bbits, bbits.view(dt))
+        self.count_unc += cnt
+        self.maxima.append(maxima)
+        if self.stepdown:
+            self.sd_all += sd_all
+            self.sd_part += sd_part
+
     def _step_down(self, s3: np.ndarray, suf: np.ndarray) -> None:
         """Successive maxima: whole blocks where the suffix maximum clears (or misses) every
         threshold in the block, element by element only in blocks that straddle.
@@ -516,6 +577,7 @@ def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alte
                      prep.rtol, prep.keep, prep.floor)
     scratch = _Scratch(sprep.z.shape[1])
     dt, width = sprep.z.dtype, sprep.z.shape[1]
+    kern = compiled()
     sub = max(1, _SUB_ELEMENTS // width)
 
     def blocks():
@@ -527,29 +589,35 @@ def scan(prep: Prepared, chunks: Iterator[np.ndarray], obs_row: np.ndarray, alte
             if sprep.z2 is not None:
                 q = scratch.get("q", b, dt)
                 np.matmul(r, sprep.z2, out=q)
+            if kern is not None:  # one compiled pass per chunk (Welch t computed as it reads)
+                yield s if q is None else (s, q)
+                continue
             for i in range(0, b, sub):  # the passes after the product, on cache-sized row blocks
                 si = s[i:i + sub]
                 if q is not None:
                     m = si.shape[0]
-                    _welch_inplace(si, q[i:i + sub], scratch.get("w", m, dt), scratch.get("v", m, dt),
+                    _welch_inplace(si, q[i:i + sub], scratch.get("w", m, dt),
                                    scratch.get("m", m, np.bool_), sprep.n1, sprep.n - sprep.n1,
                                    sprep.floor)
                 yield si
 
     return collect(blocks(), lay, g_obs, s_obs, thr, prep.to_stat(g_obs), alternative, dt,
                    exact=exact, half=half, keep_cols=keep_cols, stepdown=stepdown,
-                   scratch=scratch)
+                   scratch=scratch, welch=None if prep.z2 is None else (
+                       prep.n1, prep.n - prep.n1, prep.floor))
 
 
 def collect(blocks: Iterator[np.ndarray], lay: _Layout, g_obs: np.ndarray, s_obs: np.ndarray,
             thr: np.ndarray, observed: np.ndarray, alternative: str, dtype, *, exact: bool,
             half: bool, keep_cols: np.ndarray | None, stepdown: bool,
-            scratch: _Scratch) -> ScanResult:
+            scratch: _Scratch, welch: tuple[int, int, float] | None = None) -> ScanResult:
     """Tally blocks of product-space values (rows: resamples; columns in ``lay`` order).
 
     Shared by the relabeling scan above and the residual resampling of
     :mod:`stats._resample`: per block, the score (``abs`` or negation) in place, padding set to
     ``-inf``, the uncorrected exceedance counts and the block maxima (:class:`_Tally`).
+    With the compiled passes and an unbalanced Welch t (``welch`` = ``(n1, n2, floor)``) a block is
+    the pair ``(s, q)`` of group sums and sums of squares; the kernel computes t as it reads them.
     """
     nf = s_obs.size
     tally = _Tally(lay, thr[lay.order], dtype, stepdown)
@@ -557,11 +625,23 @@ def collect(blocks: Iterator[np.ndarray], lay: _Layout, g_obs: np.ndarray, s_obs
     pad_cols = lay.col[nf:]
     kept: list[np.ndarray] = []
     p = 0
+    kern = compiled()
     for si in blocks:
+        if isinstance(si, tuple):  # (group sums, sums of squares): compiled, unbalanced Welch
+            s, q = si
+            p += s.shape[0]
+            if col_keep is not None:  # the same operations as the kernel's, on a few columns
+                kept.append(_welch_from_sums(s[:, col_keep], q[:, col_keep], *welch
+                                             ).astype(np.float64))
+            tally.add_compiled(kern, s, alternative, (q, welch_constants(*welch, s.dtype)))
+            continue
         m = si.shape[0]
         p += m
         if col_keep is not None:
             kept.append(si[:, col_keep].astype(np.float64))
+        if kern is not None:
+            tally.add_compiled(kern, si, alternative)
+            continue
         if alternative == "two-sided":
             np.abs(si, out=si)
         elif alternative == "less":

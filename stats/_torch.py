@@ -101,25 +101,19 @@ def _exact_matmul(torch, device: str):
 def _welch(s, q, n1: int, n2: int, floor: float):
     """:func:`stats._engine._welch_from_sums` on tensors, in place in ``s`` and ``q``: the same
     operations in the same order."""
-    import torch
+    from stats._engine import welch_coefficients
 
-    n = n1 + n2
+    a, b, c, r = welch_coefficients(n1, n2)
     w = s * s
-    v = torch.div(w, n1)
-    torch.sub(q, v, out=v)
-    v.div_(n1 - 1)  # va
-    q.neg_().add_(n - 1)  # (n-1) - q
-    w.div_(n2)
-    q.sub_(w)
-    q.div_(n2 - 1)  # vb
-    v.div_(n1)
-    q.div_(n2)
-    v.add_(q)
-    v.clamp_(min=floor)
-    v.sqrt_()
-    s.mul_(n / (n1 * n2))  # num
+    q.mul_(a)
+    w.mul_(b)
+    q.add_(w)
+    q.add_(c)
+    q.clamp_(min=floor)
+    q.sqrt_()  # den
+    s.mul_(r)  # num
     zero = s == 0
-    s.div_(v)
+    s.div_(q)
     s.masked_fill_(zero, 0.0)
     return s
 

@@ -235,6 +235,14 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
     return arr, mask, ids, finite, null, resampling, engine
 
 
+def _variance_diagnostic(fam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit of the family: the variance ratio A/B and the Brown–Forsythe p."""
+    groups = (fam[mask], fam[~mask])
+    _, _, vr = variance.variance_ratio(fam, mask, groups=groups)
+    _, bp = variance.brown_forsythe(fam, mask, groups=groups)
+    return vr, bp
+
+
 def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
                       statistic: str = "welch_t", alternative: str = "two-sided",
                       n_resamples: int = 9_999, exact_cap: int = 200_000, alpha: float = 0.05,
@@ -431,9 +439,7 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     v_ratio = bf_p = None
     t_vr = t_bf = float("nan")
     if mask is not None:
-        fam = arr[:, fam_idx]
-        _, _, vr = variance.variance_ratio(fam, mask)
-        _, bp = variance.brown_forsythe(fam, mask)
+        vr, bp = _variance_diagnostic(arr if m == f else arr[:, fam_idx], mask)
         v_ratio, bf_p = full(vr), full(bp)
         if tpos is not None:
             t_vr, t_bf = float(vr[tpos]), float(bp[tpos])

@@ -391,3 +391,27 @@ def test_audit_and_verify_speak_json_with_study_id_and_lock_digest_at_the_top(sc
     broken = lockstep("verify", "preregistrations/demo", "--json", cwd=scratch, check=False)
     assert broken.returncode == 1
     assert (json.loads(broken.stdout)["study_id"], json.loads(broken.stdout)["lock_digest"]) == ("demo", None)
+
+
+def test_the_ledger_records_the_engine_that_ran_the_max_t_scan(planted):
+    """The ledger's `engine` names what ran the all-unit baseline's scan, device included: numpy by default;
+    with `inference.engine: torch`, "torch:cuda" or "torch:cpu" as the stats result names it; no decision moves."""
+    import dataclasses
+
+    import torch
+
+    from audit.ledger import compute
+    from lockstep.gate import require_frozen
+
+    repo, _ = planted
+    on_disk = ledger(repo, "demo")["claims"]
+    scanned = [c["hypothesis"] for c in on_disk if "engine" in c["numbers"]]
+    assert scanned and all(c["numbers"]["engine"] == "numpy" for c in on_disk if c["hypothesis"] in scanned)
+    frozen = require_frozen(repo / "preregistrations" / "demo")
+    spec = {**frozen.spec, "inference": {**frozen.spec["inference"], "engine": "torch"}}
+    on_torch, _ = compute(dataclasses.replace(frozen, spec=spec))
+    device = "torch:cuda" if torch.cuda.is_available() else "torch:cpu"
+    assert {c["hypothesis"]: c["numbers"].get("engine") for c in on_torch["claims"] if c["hypothesis"] in scanned} == \
+        dict.fromkeys(scanned, device)
+    assert [(c["hypothesis"], c["status"], c["numbers"].get("target_rank")) for c in on_torch["claims"]] == \
+        [(c["hypothesis"], c["status"], c["numbers"].get("target_rank")) for c in on_disk]

@@ -11,7 +11,7 @@ from lockstep.gate import require_frozen
 from lockstep.journal import append_entry, read_journal
 from lockstep.freeze import freeze_amendment, start_amendment
 from lockstep.verify import exit_code_of, make_context, run_steps
-from studyrepo import commit_all, make_writable
+from studyrepo import commit_all, invoke, make_writable
 
 
 def _raise_alpha(folder):
@@ -97,3 +97,32 @@ def test_unknown_file_and_empty_reason_are_both_reported(frozen_demo):
     messages = [p.message for p in info.value.problems]
     assert any("'notes.txt' cannot be amended" in m for m in messages)
     assert any("is empty; say why the plan changes" in m for m in messages)
+
+
+def test_a_bad_threshold_in_an_amendment_names_the_amendment_copy(frozen_demo):
+    """The problem names amendments/NNN/thresholds.yaml (the file to edit), not the study's own
+    thresholds.yaml, and the fix points back at `lockstep amend --freeze`, which is what validates a draft."""
+    folder = start_amendment(frozen_demo, replaces=["thresholds.yaml"], reason="looser alpha", seen="nothing_run")
+    path = folder / "thresholds.yaml"
+    path.write_text(path.read_text().replace("value: 0.05", "value: 5"))
+    commit_all(frozen_demo.parent.parent)
+    result = invoke("amend", "preregistrations/demo", "--freeze", cwd=frozen_demo.parent.parent)
+    assert result.exit_code == 1
+    problems = [line for line in result.output.splitlines() if line.startswith("  - ")]
+    assert problems == [line for line in problems if line.startswith("  - amendments/001/thresholds.yaml:4 /thresholds/alpha/value:")]
+    assert len(problems) == 1 and "lockstep amend" in result.output and "--freeze` again" in result.output
+    assert not (folder / "amendment.lock.json").exists()
+
+
+def test_a_frozen_amendments_file_is_named_by_validate(frozen_demo):
+    """Once frozen, the amendment's copy is the plan in force: validate's --json names that file."""
+    folder = start_amendment(frozen_demo, replaces=["thresholds.yaml"], reason="tighter", seen="nothing_run")
+    _raise_alpha(folder)
+    commit_all(frozen_demo.parent.parent)
+    freeze_amendment(frozen_demo)
+    path = folder / "thresholds.yaml"
+    make_writable(path)
+    path.write_text(path.read_text().replace("value: 0.01", "value: 5"))
+    result = invoke("validate", "preregistrations/demo", "--json", cwd=frozen_demo.parent.parent)
+    assert result.exit_code == 1
+    assert [p["file"] for p in json.loads(result.output)["problems"]] == ["amendments/001/thresholds.yaml"]

@@ -184,3 +184,20 @@ def test_a_copied_frozen_study_is_recognised(demo_study):
     shutil.copytree(demo_study, copy)
     result = run("prereg", copy)
     assert_clean_error(result, 1, "is the lock of study 'demo', not of 'mine'", "lockstep new NAME")
+
+
+def test_stage_hints_name_the_lockstep_command_not_make(demo_study):
+    """A user's own repository has no Makefile with lockstep's targets: every "run this first" hint is the
+    `lockstep` command, with the study folder, whichever stage is missing."""
+    repo = demo_study.parent.parent
+    unfrozen = run("verify", demo_study)
+    assert unfrozen.returncode == 2 and f"run `lockstep prereg {demo_study}` first" in unfrozen.stdout
+    assert run("prereg", demo_study).returncode == 0
+    commit_all(repo, "freeze")
+    missing = {"audit": ("capture", run("audit", demo_study)),
+               "label": ("capture", run("label", demo_study)),
+               "review": ("audit", run("review", demo_study, "--approve", "--reviewer", "r"))}
+    for stage, (needed, result) in missing.items():
+        assert_clean_error(result, 1, f"fix: run `lockstep {needed} {demo_study}")
+        assert "make " not in result.stderr, stage
+    assert "make " not in unfrozen.stdout

@@ -242,6 +242,29 @@ def test_alpha_outside_0_to_0_2_is_refused_naming_the_field(demo, value):
     assert f"/thresholds/alpha/value: is {value}, but a significance level must lie in (0, 0.2]" in problem
 
 
+@pytest.mark.parametrize("name,value,words", [
+    ("max_target_rank", -3, "'max_target_rank' bounds 'target_rank', a rank among the units (1 is the best unit), "
+                            "which runs from 1 up in whole numbers"),
+    ("max_target_rank", 0, "runs from 1 up in whole numbers"),
+    ("max_target_rank", 2.5, "runs from 1 up in whole numbers"),
+    ("reproduction_ratio_tolerance", -0.1, "a tolerance is at least 0"),
+])
+def test_a_bound_outside_its_quantitys_range_is_refused(demo, name, value, words):
+    # a rank bound of -3 is never met (every verdict falls), a negative tolerance passes nothing:
+    # the verdict would not depend on the data
+    _edit_yaml(demo / "thresholds.yaml", lambda d: d["thresholds"][name].update(value=value))
+    [problem] = _problems(demo)
+    assert problem.startswith("thresholds.yaml:")
+    assert f"/thresholds/{name}/value: is {value}, but" in problem and words in problem
+
+
+@pytest.mark.parametrize("name,value", [("max_target_rank", 1), ("max_target_rank", 10240),
+                                        ("reproduction_ratio_tolerance", 0)])
+def test_a_bound_inside_its_quantitys_range_is_accepted(demo, name, value):
+    _edit_yaml(demo / "thresholds.yaml", lambda d: d["thresholds"][name].update(value=value))
+    assert load_study(demo).thresholds[name] == value
+
+
 @pytest.mark.parametrize("value", [0.2, 0.001])
 def test_alpha_inside_the_range_is_accepted(demo, value):
     _edit_yaml(demo / "thresholds.yaml", lambda d: d["thresholds"]["alpha"].update(value=value))
@@ -260,3 +283,22 @@ def test_a_threshold_no_hypothesis_uses_is_a_validate_warning(demo):
     assert any("'min_unused_gap'" in w for w in as_json["warnings"])
     clean = invoke("validate", str(copy_study("demo", demo.parent / "other")), cwd=demo.parent)
     assert "is used by no hypothesis" not in clean.stderr
+
+
+@pytest.mark.parametrize(("contrast", "expected"), [
+    ({"a": "FOO", "b": "FOO"}, [("/discovery/contrast: compares class 'FOO' with itself (and the discovery split "
+                                 "'discovery' has no prompt of it); name two different classes of the split (it has FIRE, NOFIRE)")]),
+    ({"a": "FIRE", "b": "FIRE"}, [("/discovery/contrast: compares class 'FIRE' with itself; name two different classes "
+                                   "of the split (it has FIRE, NOFIRE)")]),
+    ({"a": "FIRE", "b": "NOFRE"}, [("/discovery/contrast/b: names class 'NOFRE', which the discovery split 'discovery' "
+                                    "has no prompt of (it has FIRE, NOFIRE)")]),
+    ({"a": "FIRE", "b": "NOFIRE", "c": "X"}, [("/discovery/contrast: Additional properties are not allowed ('c' was unexpected); "
+                                               "allowed keys: a, b")]),
+    ({"a": "FIRE", "b": 3}, ["/discovery/contrast/b: expected string, found int 3"]),
+])
+def test_a_bad_contrast_class_is_one_problem(tmp_path, contrast, expected):
+    """A routing scan's contrast: each bad class is reported once (a class on both sides, or a key the
+    schema already refuses, is not reported again by the cross-file rule)."""
+    study = copy_study("demo-trained-moe", tmp_path)
+    _edit_yaml(study / "study.yaml", lambda d: d["discovery"].__setitem__("contrast", contrast))
+    assert [p.split(" ", 1)[1] for p in _problems(study)] == expected

@@ -144,7 +144,7 @@ def test_a_hash_chain_alone_is_reported_as_self_attested(frozen_demo):
     result = run("verify", frozen_demo)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "verify: intact; ordering evidence: self-attested"
-    assert "unsigned: 0 prereg" in result.stdout
+    assert "(unsigned journal entries: #0 prereg;" in result.stdout  # entry numbers, not counts
     head = git(frozen_demo.parent.parent, "log", "-1", "--format=%H", "--", "preregistrations/demo/prereg.lock.json").strip()
     assert f"lock committed in {head[:12]}" in result.stdout and "no capture yet" in result.stdout
 
@@ -170,6 +170,7 @@ def test_every_stage_signed_by_an_allowed_signer_is_level_signed_and_names_the_s
     witness.sign_entries(frozen_demo, keys["alice"], [0])
     partly = evidence_of(frozen_demo, allowed_signers=allowed)
     assert partly.level == "self-attested" and partly.signed == {"0 prereg": ["alice"]} and partly.unsigned == ["1 capture"]
+    assert partly.detail().startswith("signed journal entries: #0 prereg by alice; unsigned journal entries: #1 capture;")
     result = run("sign", frozen_demo, "--sign-key", keys["alice"])
     assert result.returncode == 0, result.stderr
     again = run("sign", frozen_demo, "--sign-key", keys["alice"])  # idempotent: no second file for the same key
@@ -214,7 +215,7 @@ def test_a_rechained_journal_after_editing_an_entry_is_not_intact_at_level_signe
     witness.sign_entries(frozen_demo, keys["mallory"])
     results = witness_results(frozen_demo, allowed_signers=allowed)
     assert exit_code_of(results) == 0
-    assert results[-1].message.startswith("ordering evidence: self-attested (unsigned: 0 prereg, 1 capture, 2 audit")
+    assert results[-1].message.startswith("ordering evidence: self-attested (unsigned journal entries: #0 prereg, #1 capture, #2 audit")
 
 
 def test_a_signature_moved_onto_another_entry_or_altered_is_broken(frozen_demo, keys, tmp_path):

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from maxt_reference import brute_maxt
-from stats import _engine, all_unit_baseline
+from stats import _engine, _kernels, all_unit_baseline
 
 
 @pytest.mark.parametrize("statistic", ["welch_t", "mean_diff"])
@@ -203,6 +204,19 @@ def test_many_blocks_step_down_matches_brute_force(statistic, n1, alternative):
     np.testing.assert_allclose(r.p_maxt_step_down, p_sd)
 
 
+def test_welch_from_group_sums_is_scipys_welch_t():
+    # the engine's expanded form a·q + b·s² + c of Welch's variance term, on standardised data,
+    # against scipy.stats.ttest_ind(equal_var=False) on the raw groups (unequal sizes and spreads)
+    rng = np.random.default_rng(5)
+    for n1, n2 in ((7, 13), (30, 11), (2, 5)):
+        x = np.concatenate([rng.normal(0.4, 0.5, (n1, 40)), rng.normal(0, 2.0, (n2, 40))])
+        z = (x - x.mean(0)) / x.std(0, ddof=1)
+        s, q = z[:n1].sum(0), (z[:n1] ** 2).sum(0)
+        t = _engine._welch_from_sums(s, q, n1, n2, 0.0)
+        want = stats.ttest_ind(x[:n1], x[n1:], equal_var=False).statistic
+        np.testing.assert_allclose(t, want, rtol=1e-10)
+
+
 def test_in_place_welch_is_bit_identical_to_the_formula():
     # elementwise IEEE operations only (no BLAS): each is correctly rounded on every CPU, so the
     # same operations in the same order agree bit for bit
@@ -216,7 +230,10 @@ def test_in_place_welch_is_bit_identical_to_the_formula():
         floor = _engine.welch_floor(n1, n2, 100 * np.finfo(dt).eps)
         ref = _engine._welch_from_sums(s, q, n1, n2, floor)
         got, qq = s.copy(), q.copy()
-        _engine._welch_inplace(got, qq, np.empty_like(s), np.empty_like(s),
-                               np.empty(s.shape, bool), n1, n2, floor)
+        _engine._welch_inplace(got, qq, np.empty_like(s), np.empty(s.shape, bool), n1, n2, floor)
         assert got.dtype == dt
         np.testing.assert_array_equal(got.view(np.uint8), ref.astype(dt).view(np.uint8))
+        # the compiled kernel: the same operations in the same order
+        kern = np.empty_like(s)
+        _kernels.welch(s, q, _engine.welch_constants(n1, n2, floor, dt), kern)
+        np.testing.assert_array_equal(kern.view(np.uint8), ref.astype(dt).view(np.uint8))
