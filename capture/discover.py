@@ -56,6 +56,7 @@ import pyarrow as pa
 import torch
 
 from lockstep import __version__, artifacts
+from lockstep import contexts as token_contexts
 from lockstep.errors import CaptureError, UsageError
 from lockstep.fsio import pretty_json, sha256_file, utc_now
 from lockstep.models import folder_identity
@@ -601,13 +602,12 @@ def _scan_tables(run_dir: Path, block: dict, unit_id, special: set[int], classes
     layers = [m["layer"] for m in manifest.get("moe_layers", [])]
     in_zone = tokens["zone"].isin(SCAN_TOKEN_ZONES).to_numpy()
     by_prompt = {pid: g.sort_values("position") for pid, g in tokens.groupby("prompt_id")}
-    window = int(block["window"])
-    text = lambda tid: vocab.get(int(tid), f"<{int(tid)}>")  # noqa: E731
+    width = int(block["window"])
+    text = token_contexts.token_text(vocab)
     contexts = []
     for row in best_rows.itertuples():
         li = layers.index(int(row.layer))
-        w = np.where(np.asarray(idx[:, li, :]) == int(row.expert), np.asarray(weight[:, li, :], dtype=np.float64), 0.0).sum(axis=1)
-        w = np.where(in_zone, w, 0.0)
+        w = np.where(in_zone, token_contexts.unit_weight(idx, weight, li, int(row.expert)), 0.0)
         for r in np.argsort(-w, kind="stable")[: int(block["contexts"])]:
             if w[r] <= 0:
                 break
@@ -617,8 +617,7 @@ def _scan_tables(run_dir: Path, block: dict, unit_id, special: set[int], classes
             ids = seq["token_id"].to_numpy()
             contexts.append({"unit": row.unit, "layer": int(row.layer), "rank_in_layer": int(row.rank_in_layer),
                              "prompt_id": pid, "position": pos, "zone": tokens.at[r, "zone"], "weight": float(w[r]),
-                             "before": joiner.join(text(t) for t in ids[max(0, at - window):at]), "token": text(ids[at]),
-                             "after": joiner.join(text(t) for t in ids[at + 1:at + 1 + window])})
+                             **token_contexts.window(ids, at, width, text, joiner)})
     columns = ["unit", "layer", "rank_in_layer", "prompt_id", "position", "zone", "weight", "before", "token", "after"]
     columns_kept = ["unit", "layer", "expert", "rank_in_layer", "W", "S", "n_tokens", "n_selected", "weight_sum"]
     if contrast:

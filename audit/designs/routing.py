@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 import stats
-from lockstep import artifacts
+from lockstep import artifacts, contexts
 from lockstep.units import parse_unit_id, unit_id
 
 from .. import basin
@@ -267,9 +267,9 @@ def token_contexts(run: RunData, analysis: dict, values: pd.DataFrame, *, top: i
         return None
     li = layers.index(layer)
     tokens, idx, weight, vocab, joiner = stored
-    tokens = tokens.assign(w=np.where(np.asarray(idx[:, li, :]) == expert, np.asarray(weight[:, li, :], dtype=np.float64), 0.0).sum(axis=1))
+    tokens = tokens.assign(w=contexts.unit_weight(idx, weight, li, expert))
     tokens = tokens[tokens["zone"].isin(_TOKEN_ZONES[analysis["zone"]]) & tokens["prompt_id"].isin(values["prompt_id"])]
-    text = lambda tid: vocab.get(int(tid), f"<{int(tid)}>")  # noqa: E731
+    text = contexts.token_text(vocab)
     by_prompt = {pid: g.sort_values("position") for pid, g in tokens.groupby("prompt_id")}
     group_col = "prompt_class" if analysis["groups"]["by"] == "prompt_class" else "register_label"
 
@@ -282,8 +282,7 @@ def token_contexts(run: RunData, analysis: dict, values: pd.DataFrame, *, top: i
             ids = seq["token_id"].to_numpy()
             out.append({"analysis_id": analysis["id"], "unit": analysis["unit"], "run": run.run_id, "set": label,
                         "prompt_id": r.prompt_id, "position": int(r.position), "weight": float(r.w),
-                        "before": joiner.join(text(t) for t in ids[max(0, at - window):at]) + joiner, "token": text(ids[at]),
-                        "after": joiner + joiner.join(text(t) for t in ids[at + 1:at + 1 + window])})
+                        **contexts.window(ids, at, window, text, joiner)})
         return out
 
     rows = []
@@ -302,9 +301,9 @@ def two_group(frozen, analysis: dict, runs: Callable[[str], RunData], settings: 
     passed = _two_group_core(run, analysis, settings, out, analysis["unit"], frozen=frozen)
     if not out.not_established and "target_values" in out.tables:
         values = out.tables["target_values"]
-        contexts = token_contexts(run, analysis, values[values["analysis_id"] == analysis["id"]])
-        if contexts is not None:
-            out.tables["contexts"] = contexts
+        where = token_contexts(run, analysis, values[values["analysis_id"] == analysis["id"]])
+        if where is not None:
+            out.tables["contexts"] = where
     if out.not_established:
         return out
     out.primary_passed = passed

@@ -9,29 +9,22 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from capture import builtin_heads, runtime
 from capture.designs.ablation import MarginForward
 from capture.sae import FeatureKnockdown, TopKSAE, feature_table, knockdown_margins, load_topk_sae
+from capture_helpers import HEADS_TEXTS, heads_model, random_sae
 from lockstep.errors import CaptureError
 
-PLANT = {"name": "tiny-qwen3_5", "seed": 0, "plant": {"layer": 3, "head": 2, "strength": 12.0}}
-TEXTS = ["the capital of veltoria is", "in osmira the capital city is", "the clock says tick", "the capital of zeldra is"]
+TEXTS = HEADS_TEXTS
 D, F, K = 64, 128, 8
 
 
 @pytest.fixture(scope="module")
 def model_tok(tmp_path_factory):
-    folder = builtin_heads.ensure_builtin(PLANT, tmp_path_factory.mktemp("models"), ["the", "capital", "of", "is", "in", "city", "clock", "says"])
-    tok, _ = runtime.load_tokenizer(folder, TEXTS)
-    model = runtime.load_model(runtime.ModelSource(folder, "builtin", builtin_heads.BUILDER_VERSION),
-                               dtype="float32", trust_remote_code=False, device_map=None)
-    return model, tok
+    return heads_model(tmp_path_factory.mktemp("models"))
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(D, F, generator=g) / D ** 0.5, "b_enc": torch.randn(F, generator=g) * 0.1,
-            "W_dec": torch.randn(F, D, generator=g) / D ** 0.5, "b_dec": torch.randn(D, generator=g) * 0.1}
+    return random_sae(D, F, seed)
 
 
 def _numpy_topk(x: np.ndarray, t: dict[str, torch.Tensor], k: int) -> np.ndarray:

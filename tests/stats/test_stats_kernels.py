@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stats import _engine, _kernels, all_unit_baseline, permutation_test
 
@@ -121,3 +123,19 @@ def test_permutation_test_with_and_without_the_kernels(monkeypatch):
                                     n_resamples=999, rng=np.random.default_rng(1)))
     _engine.compiled.cache_clear()
     np.testing.assert_array_equal(out[0].pvalue, out[1].pvalue)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(1, 40), n_units=st.integers(1, 200), seed=st.integers(0, 2 ** 31 - 1),
+       alternative=st.sampled_from(list(MODES)), dtype=st.sampled_from([np.float32, np.float64]),
+       levels=st.integers(1, 6))
+def test_compiled_tally_equals_numpy_on_any_shape(rows, n_units, seed, alternative, dtype, levels):
+    # few distinct values (levels): scores tie with each other and with the thresholds everywhere
+    rng = np.random.default_rng(seed)
+    g = (rng.integers(-levels, levels + 1, size=(rows, n_units)) / 2).astype(dtype)
+    thr = np.sort(rng.integers(-levels, levels + 1, size=n_units) / 2)[::-1].astype(np.float64)
+    a, b = _tally_both(g, thr, alternative, True)
+    np.testing.assert_array_equal(a.count_unc, b.count_unc)
+    np.testing.assert_array_equal(np.concatenate(a.maxima), np.concatenate(b.maxima))
+    np.testing.assert_array_equal(a.sd_all, b.sd_all)
+    np.testing.assert_array_equal(a.sd_part, b.sd_part)
