@@ -19,20 +19,26 @@ preregistered exclusions (their clean prompts only):
 
 Rows of ``sae_knockdown.parquet``: ``condition`` ``knockdown`` (one per SAE x feature x active pair)
 or ``splice_in`` (one per SAE x analysed pair); ``drop`` = unablated clean margin - margin.
+
+Resumable: the splice pass and each knockdown forward are kept in the run's ``_work/sae_knockdown/<sae>/``
+as they finish, and a capture killed in between reads them back and runs only the forwards left (the
+manifest's ``forwards`` and ``seconds`` per SAE are those of the process that finished the run).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from lockstep import artifacts
 from lockstep.errors import CaptureError
-from lockstep.fsio import sha256_file
+from lockstep.fsio import atomic_write, pretty_json, sha256_file
 
 from ..sae import SAELENS_CONFIG, SAELENS_WEIGHTS, FeatureKnockdown, TopKSAE, load_sae
 from ..store import disk_errors, write_table
@@ -180,20 +186,52 @@ def _read_by(frozen, sae_id: str, pair: dict) -> bool:
 
 
 def knockdown_rows(fwd, knock: FeatureKnockdown, pairs: list[dict], active: dict[str, dict[int, float]],
-                   features: list[int], rows_per_forward: int, sae_id: str) -> list[dict]:
-    """Each feature knocked down alone on each pair where it is active; several (pair, feature) rows per forward."""
+                   features: list[int], rows_per_forward: int, sae_id: str, parts: Path | None = None) -> list[dict]:
+    """Each feature knocked down alone on each pair where it is active; several (pair, feature) rows per forward.
+
+    With ``parts`` (a folder in the run's ``_work/``), each forward's rows are written there as it finishes
+    (``k<index>.parquet``, atomically) and a forward whose part is on disk is read back, not run again: a
+    capture killed here resumes where it stopped. The plan (features × the pairs where each is active) is the
+    same on a resume, since the active features are read back from the splice pass's part."""
     plan = [(f, p) for f in features for p in pairs if f in active[p["pair_id"]]]
     out = []
-    for chunk in _batches(plan, rows_per_forward):
-        ids = [p["clean_token_ids"] for _, p in chunk]
-        with knock.knocking([f for f, _ in chunk]):
-            m = fwd.margins(ids, [p["answer_token_id"] for _, p in chunk], [p["wrong_token_id"] for _, p in chunk])
-        for r, (f, p) in enumerate(chunk):
-            out.append({"sae": sae_id, "condition": KNOCKDOWN, "feature": int(f), "pair_id": p["pair_id"],
-                        "activation": float(knock.activations[r]), "baseline_margin": p["baseline_clean_margin"],
-                        "margin": float(m[r]), "drop": p["baseline_clean_margin"] - float(m[r]),
-                        "n_tokens": None, "sse": None, "sum_sq": None, "sum_x": None})
+    for index, chunk in enumerate(_batches(plan, rows_per_forward)):
+        part = None if parts is None else parts / f"k{index:05d}.parquet"
+        if part is not None and part.is_file():
+            out += pq.read_table(part, schema=SAE_SCHEMA).to_pylist()
+            continue
+        rows = _knock_chunk(fwd, knock, chunk, sae_id)
+        if part is not None:
+            with disk_errors(part.parent):
+                write_table(part, pa.Table.from_pylist(rows, schema=SAE_SCHEMA))
+        out += rows
     return out
+
+
+def _knock_chunk(fwd, knock: FeatureKnockdown, chunk: list[tuple[int, dict]], sae_id: str) -> list[dict]:
+    """One forward: each (feature, pair) row of ``chunk`` with its feature knocked down."""
+    ids = [p["clean_token_ids"] for _, p in chunk]
+    with knock.knocking([f for f, _ in chunk]):
+        m = fwd.margins(ids, [p["answer_token_id"] for _, p in chunk], [p["wrong_token_id"] for _, p in chunk])
+    return [{"sae": sae_id, "condition": KNOCKDOWN, "feature": int(f), "pair_id": p["pair_id"],
+             "activation": float(knock.activations[r]), "baseline_margin": p["baseline_clean_margin"],
+             "margin": float(m[r]), "drop": p["baseline_clean_margin"] - float(m[r]),
+             "n_tokens": None, "sse": None, "sum_sq": None, "sum_x": None} for r, (f, p) in enumerate(chunk)]
+
+
+def _splice_kept(parts: Path, fwd, sae: TopKSAE, point: str, pairs: list[dict], batch_size: int, sae_id: str,
+                 model) -> tuple[list[dict], dict]:
+    """:func:`_splice_pass`, kept in ``parts`` for a resume (its rows and each pair's active features)."""
+    table, actives = parts / "splice.parquet", parts / "active.json"
+    if table.is_file() and actives.is_file():
+        active = {pid: {int(f): z for f, z in on.items()} for pid, on in json.loads(actives.read_text()).items()}
+        return pq.read_table(table, schema=SAE_SCHEMA).to_pylist(), active
+    rows, active = _splice_pass(fwd, sae, point, pairs, batch_size, sae_id, model)
+    with disk_errors(parts):
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write(actives, pretty_json({pid: {str(f): z for f, z in on.items()} for pid, on in active.items()}))
+        write_table(table, pa.Table.from_pylist(rows, schema=SAE_SCHEMA))
+    return rows, active
 
 
 def capture(frozen, st, fwd, prep, store, say) -> dict[str, Any]:
@@ -207,11 +245,13 @@ def capture(frozen, st, fwd, prep, store, say) -> dict[str, Any]:
         start, before = time.perf_counter(), fwd.forwards
         sae = load_study_sae(frozen.repo_root, entry, j)
         knock = FeatureKnockdown(st.ld.model, sae, entry["hook_point"])
-        splice_rows, active = _splice_pass(fwd, sae, entry["hook_point"], pairs, st.batch_size, sae_id, st.ld.model)
+        parts = store.work / "sae_knockdown" / sae_id  # kept for a resume; dropped with _work/ at the end
+        splice_rows, active = _splice_kept(parts, fwd, sae, entry["hook_point"], pairs, st.batch_size, sae_id,
+                                           st.ld.model)
         features = features_to_test(frozen, sae_id, pairs, active)
         say(f"  sae_knockdown {sae_id} at {entry['hook_point']}: {len(features)} feature(s) on {len(pairs)} pairs")
         read = [p for p in pairs if _read_by(frozen, sae_id, p)]
-        knocked = knockdown_rows(fwd, knock, read, active, features, st.batch_size * st.stack, sae_id)
+        knocked = knockdown_rows(fwd, knock, read, active, features, st.batch_size * st.stack, sae_id, parts)
         rows += splice_rows + knocked
         info[sae_id] = {"path": entry["path"], "format": entry["format"], "sha256": entry["sha256"],
                         "hook_point": entry["hook_point"], "width": sae.n_features, "k": sae.k,

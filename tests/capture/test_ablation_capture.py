@@ -18,7 +18,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from capture import runtime
-from capture.designs import ablation
+from capture.designs import ablation, ablation_sae
 from capture.run import run_capture
 from capture.store import RunStore
 from lockstep.errors import CaptureError, UsageError
@@ -162,6 +162,40 @@ def test_an_interrupted_capture_resumes_to_the_same_tables(edited, tmp_path):
     assert cost["forwards_this_process"] == 4 + cost["source_trace_forwards"]  # demo-ablation's B5 traces after the baseline
     for name in ("pairs.parquet", "ablations.parquet", "baseline.parquet", "reference_means.parquet"):
         assert sha256_file(resumed / name) == sha256_file(run_dir / name), name
+
+
+def test_an_sae_knockdown_killed_midway_resumes_to_the_same_table(edited, tmp_path, monkeypatch):
+    # the process dies in the SAE knockdown, after the splice pass and the first knockdown forward are
+    # on disk (a crash injected at the second forward); the rerun reads both back and runs the rest
+    frozen, run_dir = edited
+    reference = json.loads((run_dir / "manifest.json").read_text())["sae_knockdown"]
+    real, calls = ablation_sae._knock_chunk, []
+
+    class Killed(BaseException):
+        pass
+
+    def dies_at_the_second_forward(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return real(*args)
+
+    monkeypatch.setattr(ablation_sae, "_knock_chunk", dies_at_the_second_forward)
+    runs_root = tmp_path / "runs"
+    with pytest.raises(Killed):
+        run_capture(frozen, runs_root=runs_root, progress=False)
+    work = runs_root / frozen.study_id / "forward" / "_work" / "sae_knockdown"
+    [first] = sorted(reference)[:1]
+    assert sorted(p.name for p in (work / first).iterdir()) == ["active.json", "k00000.parquet", "splice.parquet"]
+    monkeypatch.setattr(ablation_sae, "_knock_chunk", real)
+    [resumed] = run_capture(frozen, runs_root=runs_root, progress=False)
+    assert not (resumed / "_work").exists()
+    assert sha256_file(resumed / "sae_knockdown.parquet") == sha256_file(run_dir / "sae_knockdown.parquet")
+    again = json.loads((resumed / "manifest.json").read_text())["sae_knockdown"]
+    # the splice pass and the finished forward were not run again
+    n_splice = -(-reference[first]["pairs"] // 8)  # one forward per batch of 8 analysed pairs
+    assert again[first]["forwards"] == reference[first]["forwards"] - n_splice - 1
+    assert {k: v["features_tested"] for k, v in again.items()} == {k: v["features_tested"] for k, v in reference.items()}
 
 
 def test_refusals(edited, tmp_path):
