@@ -324,7 +324,9 @@ def _source_texts(frozen, run, store: RunStore) -> dict[str, Any]:
     source = artifacts.run_dir(store.root.parent.parent, frozen.study_id, run["source_run"])
     if not (source / artifacts.MANIFEST).is_file():
         raise CaptureError(f"run {run['id']!r} re-reads the texts of run {run['source_run']!r}, which is not captured yet",
-                           hint=f"run `lockstep capture {frozen.root} --run {run['source_run']}` first, or capture both together")
+                           hint=f"run `lockstep capture {frozen.root} --run {run['source_run']}` first, or capture both together; "
+                                "under --shard, finish and merge the source run's shards (a run without --shard) before "
+                                "starting this run's shards")
     table = pq.read_table(source / artifacts.TEXTS, columns=["prompt_id", "prompt_token_ids", "token_ids", "finish_reason"])
     rows = table.to_pylist()
     return {"tokens": {r["prompt_id"]: list(r["token_ids"]) for r in rows},

@@ -242,3 +242,20 @@ def test_builtin_variant_options_are_deterministic_and_touch_only_the_routers_th
         r0, r1 = reference[f"model.layers.{layer}.mlp.gate.weight"], one[f"model.layers.{layer}.mlp.gate.weight"]
         relative = ((r1 - r0).norm(dim=1) / r0.norm(dim=1)).numpy()
         np.testing.assert_allclose(relative, 0.05, rtol=1e-4)      # noise of 5% of each row's norm
+
+
+def test_a_teacher_forced_run_before_its_source_is_refused_with_the_order(tmp_path):
+    # --run self_tf alone (or its shard) before run greedy is captured: one message naming the source and how
+    # to order shards, a non-zero exit, and no run folder left behind for the forced run
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    copy_study(STUDY, repo)
+    commit_all(repo, "add basin study")
+    assert invoke("prereg", f"preregistrations/{STUDY}", cwd=repo).exit_code == 0
+    commit_all(repo, "freeze")
+    result = invoke("capture", f"preregistrations/{STUDY}", "--run", "self_tf", "--no-progress", cwd=repo)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "re-reads the texts of run 'greedy', which is not captured yet" in result.output
+    assert "--run greedy` first" in result.output and "merge the source run's shards" in result.output
+    assert not (repo / "runs" / STUDY / "self_tf" / "manifest.json").exists()
