@@ -71,3 +71,23 @@ def check_resampling(alternative, n_resamples, exact_cap, batch, alternatives) -
         raise ValueError("`exact_cap` must be a non-negative integer.")
     if batch is not None and not (isinstance(batch, (int, np.integer)) and batch >= 1):
         raise ValueError("`batch` must be None or a positive integer.")
+
+
+#: columns whose largest |value| lies within 2^±400 need no scaling: their squares, sums of squares of
+#: up to 2^40 terms, and the squares of their smallest nonzero deviations (an ulp of the largest value)
+#: all stay normal float64 numbers
+_SAFE_SCALE = 2.0 ** 400
+
+
+def unit_exponents(x: np.ndarray) -> np.ndarray | None:
+    """Per column of ``x`` (N×F, float64), the power of two ``k`` with ``max|x|·2⁻ᵏ`` in [0.5, 1), or
+    None when no column needs scaling (every nonzero column's largest ``|value|`` within 2^±400).
+
+    Scaling a column by ``2⁻ᵏ`` is exact, so what is computed on scaled data (means, variances, t)
+    equals the unscaled computation bit for bit wherever that one neither overflows nor underflows,
+    and stays finite for data near 1e±154 and beyond, where squares would overflow or vanish."""
+    top = np.abs(x).max(axis=0) if x.shape[0] else np.zeros(x.shape[1])
+    nonzero = top[top > 0]
+    if not nonzero.size or (nonzero.max() < _SAFE_SCALE and nonzero.min() > 1.0 / _SAFE_SCALE):
+        return None
+    return np.frexp(top)[1]

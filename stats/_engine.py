@@ -66,6 +66,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from stats._common import unit_exponents
+
 TWO_SAMPLE_STATISTICS = ("mean_diff", "student_t", "welch_t")
 PAIRED_STATISTICS = ("mean", "paired_t")
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -175,19 +177,43 @@ def _welch_from_sums(s, q, n1, n2, floor):
     return np.where(num == 0, 0.0, t)
 
 
+def check_range(z: np.ndarray, n_terms: int, dtype, what: str) -> None:
+    """``ValueError`` when the product cannot hold ``z`` (N×F, prepared, float64) in ``dtype``: a sum of
+    ``n_terms`` of them could overflow, or a unit's values would underflow to zero (its statistic would
+    read 0, or inf/NaN, and every p-value with it). Only mean differences need it: t statistics are
+    computed on standardised data."""
+    if not z.size:
+        return
+    fi = np.finfo(dtype)
+    top = np.abs(z).max(axis=0)
+    if np.isfinite(top).all() and top.max() * n_terms < fi.max and top.min() > fi.tiny:
+        return
+    fix = "pass dtype=numpy.float64 or rescale `x`" if dtype != np.float64 else "rescale `x`"
+    raise ValueError(f"`x` has {what} outside the range of {dtype.name}, the working `dtype` "
+                     f"(largest {top.max():.3g}, smallest unit's largest {top.min():.3g}, over {n_terms} terms "
+                     f"of a sum; {dtype.name} spans {fi.tiny:.3g} to {fi.max:.3g}); {fix}.")
+
+
 def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Prepared:
-    """Prepare ``x`` (N×F, float64, finite) for the engine. ``mask`` is group A (None: paired)."""
+    """Prepare ``x`` (N×F, float64, finite) for the engine. ``mask`` is group A (None: paired).
+
+    Which units vary is decided exactly (``x`` differs from its first row, or from 0 for paired
+    differences), not from a computed sd, whose rounded mean can make a constant unit look varying.
+    Each unit is scaled by a power of two (exact) so that its largest value lies in [0.5, 1) before
+    squares are taken: data near 1e±154 and beyond neither overflow nor underflow, and the t statistics,
+    being scale-free, are unchanged; mean differences are scaled back."""
     n = x.shape[0]
     dtype = np.dtype(dtype)
     rtol = float(np.finfo(dtype).eps) * (100.0 if dtype == np.float64 else 64.0)
+    ex = unit_exponents(x)  # None: no unit needs scaling
     if mask is None:
-        ss = np.einsum("nf,nf->f", x, x)
-        keep = ss > 0
-        xs = x[:, keep]
-        ss = ss[keep]
+        keep = (x != 0).any(axis=0)
+        xs = x[:, keep] if ex is None else np.ldexp(x[:, keep], -ex[keep])
+        ss = np.einsum("nf,nf->f", xs, xs)
         if statistic == "mean":
-            z = xs / n
-            scale = np.sqrt(ss) / n
+            z = (xs if ex is None else np.ldexp(xs, ex[keep])) / n
+            scale = (np.sqrt(ss) if ex is None else np.ldexp(np.sqrt(ss), ex[keep])) / n
+            check_range(z, n, dtype, "paired differences")
 
             def to_stat(m):
                 return m
@@ -202,14 +228,19 @@ def prepare(x: np.ndarray, mask: np.ndarray | None, statistic: str, dtype) -> Pr
                         scale, to_stat, rtol, keep)
     n1 = int(mask.sum())
     n2 = n - n1
+    keep = (x != x[:1]).any(axis=0)  # exact: a rounded mean must not make a constant unit vary
+    if ex is not None:
+        x = np.ldexp(x, -ex)  # each unit's max |x| in [0.5, 1): exact; no overflow in the squares
     mean = x.mean(axis=0)
     sd = x.std(axis=0, ddof=1)
-    keep = sd > 0
     c = x - mean if keep.all() else x[:, keep] - mean[keep]  # a fresh array: scaled in place
     sd = sd[keep]
     z2 = None
     if statistic == "mean_diff":
+        if ex is not None:
+            c, sd = np.ldexp(c, ex[keep]), np.ldexp(sd, ex[keep])
         z = np.multiply(c, n / (n1 * n2), out=c)
+        check_range(z, max(n1, n2), dtype, "values")
         scale = sd * np.sqrt(n / (n1 * n2))
 
         def to_stat(s):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stats import _engine
+from stats._common import unit_exponents
 
 RESAMPLINGS = ("wild", "bootstrap")
 #: default bound on the elements of one chunk (B·F): several chunk-sized buffers are live at once.
@@ -88,11 +89,15 @@ def prepare(x: np.ndarray, mask: np.ndarray, statistic: str, resampling: str, dt
     n2 = n - n1
     dtype = np.dtype(dtype)
     rtol = float(np.finfo(dtype).eps) * (100.0 if dtype == np.float64 else 64.0)
-    sd = x.std(axis=0, ddof=1)
-    keep = sd > 0
-    xk = x[:, keep] - x[:, keep].mean(axis=0)
-    sd = sd[keep]
+    keep = (x != x[:1]).any(axis=0)  # exact, and each unit scaled by a power of two: as stats._engine.prepare
+    ex = unit_exponents(x)
+    xk = x[:, keep] if ex is None else np.ldexp(x[:, keep], -ex[keep])
+    sd = xk.std(axis=0, ddof=1)
+    xk = xk - xk.mean(axis=0)
     if statistic == "mean_diff":
+        if ex is not None:
+            xk, sd = np.ldexp(xk, ex[keep]), np.ldexp(sd, ex[keep])
+        _engine.check_range(xk, max(n1, n2), dtype, "values")
         scale = sd * np.sqrt(n / (n1 * n2))
         floor = 0.0
 

@@ -49,8 +49,9 @@ class BaselineResult:
         applied to the uncorrected permutation p over the family.
     rank : numpy.ndarray of int
         Rank by score (1 = most extreme in the tested direction); ties take the *largest* rank
-        they share (``rankdata(method="max")``), so a tie never flatters a unit. Units whose
-        statistic is infinite in the tested direction all tie.
+        they share (``rankdata(method="max")``), so a tie never flatters a unit. Scores within the
+        tie tolerance of the p-value counts tie (identical units tie, whatever the rounding of the
+        product that scores them). Units whose statistic is infinite in the tested direction all tie.
     family_size : int
         Units in the family (the correction's denominator).
     dropped_units : tuple of (str, str)
@@ -237,6 +238,7 @@ def _all_unit_baseline_iv(x, group, unit_ids, target, statistic, alternative, n_
 
 def _variance_diagnostic(fam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per unit of the family: the variance ratio A/B and the Brown–Forsythe p."""
+    fam = variance.unit_scaled(fam)  # both are scale-free; no overflow in the squares
     groups = (fam[mask], fam[~mask])
     _, _, vr = variance.variance_ratio(fam, mask, groups=groups)
     _, bp = variance.brown_forsythe(fam, mask, groups=groups)
@@ -401,15 +403,19 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     directed = {"two-sided": np.abs, "greater": lambda v: v, "less": np.negative}[alternative](
         res.observed)
     score = np.where(directed == np.inf, np.inf, res.observed_score)
-    from scipy.stats import rankdata
-    rank = rankdata(-score, method="max").astype(np.int64)
+    # rank = how many units reach this unit's threshold (itself included): ties, within the tolerance
+    # the counts use, share the largest rank, so a product's rounding cannot break a tie between
+    # identical units (scipy.stats.rankdata(-score, method="max") on exact scores)
+    thr_rank = np.where(np.isinf(score), score, res.thr)
+    srt_score = np.sort(score)
+    rank = (m - np.searchsorted(srt_score, thr_rank, side="left")).astype(np.int64)
 
     def full(v, fill=np.nan, dt=float):
         out = np.full(f, fill, dtype=dt)
         out[fam_idx] = v
         return out
 
-    best = int(np.argmax(score))
+    best = int(np.flatnonzero(score >= thr_rank[int(np.argmax(score))])[0])
     null_max = _score_to_stat(prep, res.null_max, alternative, resampled)
     srt = np.sort(null_max)[::-1]
     k = int(np.floor(alpha * P + 1e-9)) if exact else int(np.floor(alpha * (1 + P) - 1 + 1e-9))
@@ -458,7 +464,7 @@ def all_unit_baseline(x, group, *, unit_ids=None, target: str | None = None,
     if tpos is not None:
         t_stat = float(res.observed[tpos])
         t_rank = int(rank[tpos])
-        t_pct = 100.0 * float(np.sum(score < score[tpos])) / m
+        t_pct = 100.0 * float(np.sum(score < thr_rank[tpos])) / m
         t_p = float(p_sd[tpos])
         t_null = prep.to_stat(res.null_keep[:, 0]) if res.null_keep is not None else None
     else:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from stats._common import Flag
+from stats._common import Flag, unit_exponents
 
 __all__ = ["VarianceCheckResult", "variance_check"]
 
@@ -78,6 +78,15 @@ def variance_ratio(x: np.ndarray, mask: np.ndarray, *,
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = va / vb
     return va, vb, ratio
+
+
+def unit_scaled(x: np.ndarray) -> np.ndarray:
+    """``x`` with each column scaled by a power of two (exact) so that its largest ``|value|`` lies in
+    [0.5, 1), where that is needed (:func:`stats._common.unit_exponents`; ``x`` itself otherwise):
+    ratios of variances and the Brown–Forsythe W are unchanged, and squares of data near 1e±154 and
+    beyond neither overflow nor underflow."""
+    ex = unit_exponents(x)
+    return x if ex is None else np.ldexp(x, -ex)
 
 
 def _column_median(a: np.ndarray) -> np.ndarray:
@@ -179,8 +188,10 @@ def variance_check(x, group, *, unit_ids=None) -> VarianceCheckResult:
            else np.asarray(unit_ids, dtype=object))
     if ids.shape != (f,):
         raise ValueError(f"`unit_ids` must have one id per unit ({f}).")
-    va, vb, ratio = variance_ratio(arr, g)
-    w, p = brown_forsythe(arr, g)
+    va, vb, _ = variance_ratio(arr, g)  # in the data's units (inf where a variance overflows)
+    scaled = unit_scaled(arr)
+    _, _, ratio = variance_ratio(scaled, g)
+    w, p = brown_forsythe(scaled, g)
     flag = unequal_flag(p, ratio, "a permutation test of these units tests identical "
                                   "distributions, not equal means")
     return VarianceCheckResult(ids, n1, g.size - n1, va, vb, ratio, w, p,
