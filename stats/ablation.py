@@ -81,7 +81,9 @@ class AblationResult:
 def _t_ci(x, confidence):
     n = x.size
     m = float(x.mean())
-    se = float(x.std(ddof=1) / np.sqrt(n))
+    k = int(np.frexp(np.max(np.abs(x)))[1])  # exact scaling: the square of 1e300 must not overflow
+    sd = 0.0 if np.all(x == x[0]) else float(np.ldexp(np.ldexp(x, -k).std(ddof=1), k))
+    se = sd / np.sqrt(n)
     h = sps.t.ppf(0.5 + confidence / 2, n - 1) * se
     return m - h, m + h
 
@@ -96,6 +98,9 @@ def _ablation_iv(baseline_margin, ablated_margin, control_baseline, control_abla
         raise ValueError("`baseline_margin` must hold at least 2 pairs.")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("`baseline_margin` and `ablated_margin` must be finite.")
+    if not np.all(np.isfinite(b - a)):
+        raise ValueError("`baseline_margin` - `ablated_margin` overflows for some pairs: the margins "
+                         "must be differences of logits, far below 1e308.")
     if (control_baseline is None) != (control_ablated is None):
         raise ValueError("`control_baseline` and `control_ablated` go together: give both or neither.")
     cb = ca = None
@@ -106,6 +111,9 @@ def _ablation_iv(baseline_margin, ablated_margin, control_baseline, control_abla
             raise ValueError("`control_ablated` must match `control_baseline`, with at least 2 pairs.")
         if not (np.all(np.isfinite(cb)) and np.all(np.isfinite(ca))):
             raise ValueError("`control_baseline` and `control_ablated` must be finite.")
+        if not np.all(np.isfinite(cb - ca)):
+            raise ValueError("`control_baseline` - `control_ablated` overflows for some pairs: "
+                             "the margins must be differences of logits, far below 1e308.")
     if relative_definition not in ("ratio_of_means", "mean_of_ratios"):
         raise ValueError("`relative_definition` must be 'ratio_of_means' or 'mean_of_ratios'.")
     confidence = check_confidence(confidence)
@@ -167,8 +175,13 @@ def ablation_summary(baseline_margin, ablated_margin, *, control_baseline=None,
     idx = gen.integers(0, n, size=(n_boot, n))
     boot_drop = drop[idx].mean(axis=1)
     if relative_definition == "ratio_of_means":
-        rel = float(drop.mean() / b.mean())
-        boot_rel = boot_drop / b[idx].mean(axis=1)
+        if b.mean() <= 0:
+            flags.append(Flag("nonpositive_baseline",
+                              f"the mean baseline margin is {b.mean():.4g} (<= 0); the ratio of mean "
+                              "drop to mean baseline is not a relative drop"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = float(drop.mean() / b.mean())
+            boot_rel = boot_drop / b[idx].mean(axis=1)
     else:
         if np.any(b <= 0):
             flags.append(Flag("nonpositive_baseline",
@@ -177,7 +190,9 @@ def ablation_summary(baseline_margin, ablated_margin, *, control_baseline=None,
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = drop / b
         rel = float(ratios.mean())
-        boot_rel = ratios[idx].mean(axis=1)
+        # a zero baseline makes a ratio infinite: no interval (dropping those resamples would give
+        # one that excludes the estimate)
+        boot_rel = ratios[idx].mean(axis=1) if np.all(np.isfinite(ratios)) else np.full(n_boot, np.nan)
     c_mean, c_ci, spec, spec_ci = np.nan, (np.nan, np.nan), np.nan, (np.nan, np.nan)
     if cb is not None:
         cdrop = cb - ca
@@ -281,11 +296,12 @@ def slot_rankings(headline_drops, control_drops=None, *, unit_ids=None) -> pd.Da
     ids = [f"u{i}" for i in range(f)] if unit_ids is None else [str(u) for u in unit_ids]
     if len(ids) != f or len(set(ids)) != f:
         raise ValueError(f"`unit_ids` must be {f} unique ids, one per column.")
-    hm = h.mean(axis=0)
+    # means of the sorted columns: units with the same drops in another order get the same mean and tie
+    hm = np.sort(h, axis=0).mean(axis=0)
     if control_drops is None:
         cm = np.full(f, np.nan)
     else:
-        cm = _drops_iv(control_drops, "control_drops", f).mean(axis=0)
+        cm = np.sort(_drops_iv(control_drops, "control_drops", f), axis=0).mean(axis=0)
     adjusted = hm - cm
     rank_adj = (sps.rankdata(-adjusted, method="max").astype(np.int64) if control_drops is not None
                 else np.zeros(f, dtype=np.int64))

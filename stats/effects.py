@@ -119,13 +119,32 @@ class TwoGroupResult:
         return pd.DataFrame([row], columns=list(_FRAME_COLUMNS))
 
 
+def _var(x, axis=-1):
+    """``np.var(x, ddof=1)``, exactly 0 for a group whose values are all equal (whose rounded mean
+    would otherwise leave deviations of an ulp and a variance of ~1e-33)."""
+    v = np.var(x, axis=axis, ddof=1)
+    const = np.all(x == np.take(x, [0], axis=axis), axis=axis)
+    return np.where(const, 0.0, v)
+
+
+def _common_scale(a, b, axis=-1):
+    """``a`` and ``b`` times one power of two (exact) putting their largest ``|value|`` in [0.5, 1),
+    and that power's exponent: d, t and variance ratios are unchanged, and the squares of data near
+    1e±154 and beyond neither overflow nor underflow."""
+    top = np.maximum(np.max(np.abs(a), axis=axis, keepdims=True),
+                     np.max(np.abs(b), axis=axis, keepdims=True))
+    k = np.frexp(top)[1]
+    return np.ldexp(a, -k), np.ldexp(b, -k), np.squeeze(k, axis=axis)
+
+
 def _pooled_sd(a, b, axis=-1):
     na, nb = a.shape[axis], b.shape[axis]
-    va, vb = np.var(a, axis=axis, ddof=1), np.var(b, axis=axis, ddof=1)
+    va, vb = _var(a, axis=axis), _var(b, axis=axis)
     return np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
 
 
 def _d(a, b, axis=-1):
+    a, b, _ = _common_scale(a, b, axis=axis)
     diff = np.mean(a, axis=axis) - np.mean(b, axis=axis)
     sp = _pooled_sd(a, b, axis=axis)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -173,6 +192,17 @@ def _nct_bounds(t, df, confidence):
     """
     t = np.atleast_1d(np.asarray(t, dtype=float))
     alpha = 1 - confidence
+    # far out (|t| >= 1e4) nct.cdf loses the root: use T = (Z + δ)/sqrt(χ²_df/df) ≈ δ/sqrt(χ²_df/df),
+    # whose interval t·sqrt(χ²_df quantile/df) is within O(1/|t|) (< 1e-5 relative) of the exact one
+    big = np.abs(t) >= 1e4
+    if big.all():
+        c = np.sqrt(sps.chi2.ppf([alpha / 2, 1 - alpha / 2], df) / df)
+        return np.minimum(t * c[0], t * c[1]), np.maximum(t * c[0], t * c[1])
+    if big.any():
+        lo, hi = np.empty_like(t), np.empty_like(t)
+        lo[big], hi[big] = _nct_bounds(t[big], df, confidence)
+        lo[~big], hi[~big] = _nct_bounds(t[~big], df, confidence)
+        return lo, hi
     out = []
     for target in (1 - alpha / 2, alpha / 2):
         lo = t - 5.0 - np.abs(t)
@@ -204,6 +234,9 @@ def d_interval(d, n_a: int, n_b: int, confidence: float = 0.95):
     of R's ``MBESS::ci.smd``). Checked by inversion and by a coverage simulation in the tests.
     """
     confidence = check_confidence(confidence)
+    for name, n in (("n_a", n_a), ("n_b", n_b)):
+        if not (isinstance(n, (int, np.integer)) and n >= 2):
+            raise ValueError(f"`{name}` must be an integer group size of at least 2, got {n!r}.")
     d = np.asarray(d, dtype=float)
     k = np.sqrt(n_a * n_b / (n_a + n_b))
     finite = np.isfinite(d)
@@ -298,6 +331,7 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
     """
     a, b, ids_a, ids_b, omitted, confidence = _compare_groups_iv(
         a, b, ids_a, ids_b, confidence, ci_method, boot_method, n_boot, nan_policy)
+    sa, sb, k = _common_scale(a, b)  # exact; for every scale-free quantity (d, t, W, variance ratio)
     gen = as_generator(rng)
     na, nb = a.size, b.size
     ma, mb = float(a.mean()), float(b.mean())
@@ -324,6 +358,14 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
                               f"{bad} of {n_boot} bootstrap resamples of group B have mean 0, so "
                               f"their ratio is infinite or undefined; the interval is "
                               f"({ratio_ci[0]:.4g}, {ratio_ci[1]:.4g})"))
+        se_b = float(np.ldexp(np.sqrt(_var(sb) / nb), int(k)))
+        if not flags and abs(mb) <= sps.t.ppf(0.5 + confidence / 2, nb - 1) * se_b:
+            # Fieller (1954): with mean_b within its own interval of 0 the ratio's interval is unbounded
+            flags.append(Flag("ratio_ci_undefined",
+                              f"mean_b {mb:.4g} is within its {confidence:.0%} interval of 0 (standard "
+                              f"error {se_b:.4g}): the ratio's interval is unbounded (Fieller) and the "
+                              f"bootstrap interval ({ratio_ci[0]:.4g}, {ratio_ci[1]:.4g}) is not "
+                              "informative"))
     if not np.isfinite(d):
         d_ci = (np.nan, np.nan)
     elif ci_method == "noncentral_t":
@@ -336,14 +378,14 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         # constant groups: scipy warns about precision loss; the NaN/inf t it returns is the answer
         warnings.simplefilter("ignore", RuntimeWarning)
-        welch = sps.ttest_ind(a, b, equal_var=False)
-        student = sps.ttest_ind(a, b, equal_var=True)
+        welch = sps.ttest_ind(sa, sb, equal_var=False)
+        student = sps.ttest_ind(sa, sb, equal_var=True)
 
-    va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
+    va, vb = float(_var(sa)), float(_var(sb))
     with np.errstate(divide="ignore", invalid="ignore"):
         v_ratio = float(np.float64(va) / vb)
-    bf_w, bf_p = variance.brown_forsythe(np.r_[a, b][:, None], np.r_[np.ones(na, bool),
-                                                                    np.zeros(nb, bool)])
+    bf_w, bf_p = variance.brown_forsythe(np.r_[sa, sb][:, None], np.r_[np.ones(na, bool),
+                                                                      np.zeros(nb, bool)])
     a_high = ma >= mb
     hi, lo = (a, b) if a_high else (b, a)
     overlap = bool(hi.min() <= lo.max())
@@ -355,7 +397,8 @@ def compare_groups(a, b, *, ids_a=None, ids_b=None, confidence: float = 0.95,
         cross_b = tuple(str(i) for i in ids_b[b <= a.max()])
 
     return TwoGroupResult(
-        n_a=na, n_b=nb, mean_a=ma, mean_b=mb, sd_a=float(a.std(ddof=1)), sd_b=float(b.std(ddof=1)),
+        n_a=na, n_b=nb, mean_a=ma, mean_b=mb, sd_a=float(np.ldexp(np.sqrt(va), k)),
+        sd_b=float(np.ldexp(np.sqrt(vb), k)),
         mean_diff=ma - mb, ratio=float(ratio), ratio_ci=ratio_ci,
         ratio_ci_method=f"bootstrap_{boot_method}_stratified", cohen_d=d, cohen_d_ci=tuple(d_ci),
         hedges_g=d * j, hedges_g_ci=g_ci,

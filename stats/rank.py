@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from stats._common import as_generator
+from stats._common import as_generator, unit_exponents
 
 __all__ = ["RankInterval", "rank_interval"]
 
@@ -50,7 +50,9 @@ def _statistic(a: np.ndarray, b: np.ndarray, statistic: str) -> np.ndarray:
     diff = a.mean(axis=0) - b.mean(axis=0)
     if statistic == "mean_diff":
         return diff
-    va, vb = a.var(axis=0, ddof=1), b.var(axis=0, ddof=1)
+    # exactly 0 for a column constant within a group: a rounded mean must not make it vary
+    va = np.where((a == a[:1]).all(axis=0), 0.0, a.var(axis=0, ddof=1))
+    vb = np.where((b == b[:1]).all(axis=0), 0.0, b.var(axis=0, ddof=1))
     na, nb = a.shape[0], b.shape[0]
     if statistic == "welch_t":
         se = np.sqrt(va / na + vb / nb)
@@ -97,6 +99,8 @@ def rank_interval(x, group, *, target: int, statistic: str = "welch_t", alternat
     g = np.asarray(group, dtype=bool)
     if x.ndim != 2 or g.shape != (x.shape[0],):
         raise ValueError("`x` must be items × units and `group` one bool per item.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("`x` contains NaN or infinite values; drop those items or units first.")
     if not 0 <= target < x.shape[1]:
         raise ValueError("`target` must be a column of `x`.")
     if min(g.sum(), (~g).sum()) < 2:
@@ -104,6 +108,11 @@ def rank_interval(x, group, *, target: int, statistic: str = "welch_t", alternat
     if n_boot < 1 or not 0 < confidence < 1:
         raise ValueError("`n_boot` must be positive and `confidence` in (0, 1).")
     gen = as_generator(rng)
+    # exact powers of two so that squares neither overflow nor underflow: per column for a t
+    # (unchanged by a column's scale), one for all columns for the mean difference (ranked across them)
+    ex = unit_exponents(x)
+    if ex is not None:
+        x = np.ldexp(x, -(ex if statistic != "mean_diff" else np.full_like(ex, ex.max())))
     a, b = x[g], x[~g]
     ranks = np.empty(n_boot, dtype=np.int64)
     for i in range(n_boot):

@@ -161,7 +161,16 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
     if (cells["n"] == 0).any():
         empty = cells.loc[cells["n"] == 0, ["prompt_class", "register"]].astype(str).agg("/".join, axis=1)
         flags.append(Flag("empty_cell", f"no prompt in cell(s) {', '.join(empty)}"))
-    if np.linalg.matrix_rank(design) < 3:
+    constant_value = bool(np.all(v == v[0]))
+    if constant_value:
+        flags.append(Flag("value_constant", f"the value is {v[0]:.6g} for every prompt: neither "
+                          "register nor class changes it, and there is no variance to test against"))
+    if constant_value and np.linalg.matrix_rank(design) == 3:
+        coef = pd.DataFrame({"term": terms + [contrast], "estimate": [float(v[0]), 0.0, 0.0, 0.0],
+                             "std_error": np.full(4, np.nan), "ci_low": np.full(4, np.nan),
+                             "ci_high": np.full(4, np.nan), "pvalue": np.full(4, np.nan)},
+                            columns=list(_COEF_COLUMNS))
+    elif np.linalg.matrix_rank(design) < 3:
         if reg.min() == reg.max():
             flags.append(Flag("register_constant", f"every prompt has register {rg[0]!r}: there is no register "
                               "difference to compare"))
@@ -170,14 +179,19 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
         else:
             flags.append(Flag("register_confounded_with_class",
                               "every prompt's register matches its class: register and prompt class cannot be separated"))
-        coef = pd.DataFrame({"term": terms + [contrast], "estimate": np.nan, "std_error": np.nan, "ci_low": np.nan,
-                             "ci_high": np.nan, "pvalue": np.nan}, columns=list(_COEF_COLUMNS))
+        nan4 = np.full(4, np.nan)  # arrays, not a scalar NaN: pandas would make the columns object
+        coef = pd.DataFrame({"term": terms + [contrast], "estimate": nan4, "std_error": nan4, "ci_low": nan4,
+                             "ci_high": nan4, "pvalue": nan4}, columns=list(_COEF_COLUMNS))
     else:
         hat = np.einsum("ij,ij->i", design @ np.linalg.pinv(design.T @ design), design)
         if cov_type in ("HC2", "HC3") and np.any(hat > 1 - 1e-10):
             flags.append(Flag("leverage_one",
                               f"{int(np.sum(hat > 1 - 1e-10))} item(s) alone in their cell have leverage "
                               f"1; {cov_type} standard errors are undefined for them"))
+        # fit on the value times an exact power of two (largest |value| in [0.5, 1)): squared residuals
+        # neither overflow nor underflow; estimates, errors and intervals are scaled back exactly
+        k = int(np.frexp(np.max(np.abs(v)))[1])
+        frame["value"] = np.ldexp(v, -k)
         with np.errstate(divide="ignore", invalid="ignore"):
             fit = smf.ols(formula, data=frame).fit(cov_type=cov_type)
             ci = fit.conf_int(alpha=1 - confidence)
@@ -190,6 +204,8 @@ def register_analysis(value, prompt_class, register, *, target_class="FIRE",
                              "ci_high": [*ci.loc[terms, 1].to_numpy(), float(test_ci[1])],
                              "pvalue": [*fit.pvalues[terms].to_numpy(), float(np.ravel(test.pvalue)[0])]},
                             columns=list(_COEF_COLUMNS))
+        for col in ("estimate", "std_error", "ci_low", "ci_high"):
+            coef[col] = np.ldexp(coef[col].to_numpy(dtype=float), k)
     est = coef.set_index("term")["estimate"]
     return RegisterResult(cells=cells, coefficients=coef, register_effect=float(est["register"]),
                           class_effect=float(est["prompt_class"]), crossing=crossing, n_obs=int(v.size),

@@ -112,7 +112,8 @@ def compare_runs(runs, *, labels=("sampled", "greedy"), ratio_rtol: float = 0.25
     same = bool(np.sign(r1.mean_diff) == np.sign(r2.mean_diff) and r1.mean_diff != 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rc = float(abs(np.log(r2.ratio / r1.ratio))) if r1.ratio > 0 and r2.ratio > 0 else np.nan
-    dc = float(abs(r2.cohen_d - r1.cohen_d))
+    # equal d (infinite ones included: constant groups in both runs) is no change
+    dc = 0.0 if r2.cohen_d == r1.cohen_d else float(abs(r2.cohen_d - r1.cohen_d))
     checks = {
         "same_direction": same,
         "ratio_within_tolerance": bool(np.isfinite(rc) and rc <= np.log1p(ratio_rtol)),

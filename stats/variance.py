@@ -73,8 +73,9 @@ def variance_ratio(x: np.ndarray, mask: np.ndarray, *,
     """``(var_a, var_b, var_a/var_b)`` per column of ``x`` (N×F), ddof=1; ``groups`` = ``(x[mask],
     x[~mask])`` when the caller has them."""
     a, b = groups if groups is not None else (x[mask], x[~mask])
-    va = a.var(axis=0, ddof=1)
-    vb = b.var(axis=0, ddof=1)
+    # exactly 0 for a column constant within a group: a rounded mean must not make it vary
+    va = np.where((a == a[:1]).all(axis=0), 0.0, a.var(axis=0, ddof=1))
+    vb = np.where((b == b[:1]).all(axis=0), 0.0, b.var(axis=0, ddof=1))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = va / vb
     return va, vb, ratio

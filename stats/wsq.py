@@ -111,6 +111,9 @@ def _wsq_iv(s, q, group, dominance, confidence, n_boot):
     if not np.all(np.isfinite(s)) or np.any(s < 0) or np.any(s > 1):
         raise ValueError("`s` must be selection rates in [0, 1] with no NaN.")
     bad = (s > 0) & ~np.isfinite(q)
+    if np.any(q[(s > 0) & ~bad] < 0):
+        raise ValueError("`q` must be a mean routing weight (>= 0) where `s` > 0; got "
+                         f"{int(np.sum(q[(s > 0) & ~bad] < 0))} negative value(s).")
     if bad.any():
         raise ValueError(f"`q` is NaN for {int(bad.sum())} prompt(s) where `s` > 0; Q may be NaN only "
                          "where the unit was never selected (s == 0).")
@@ -122,6 +125,12 @@ def _wsq_iv(s, q, group, dominance, confidence, n_boot):
     if not (isinstance(n_boot, (int, np.integer)) and n_boot >= 100):
         raise ValueError("`n_boot` must be an integer of at least 100.")
     return s, q, g, confidence
+
+
+def _mean(x, axis=-1):
+    """Mean over ``axis`` of the values in sorted order: the same multiset of values gives the same
+    mean bit for bit, so two groups holding the same values in another order have ΔW = 0 exactly."""
+    return np.sort(x, axis=axis).mean(axis=axis)
 
 
 def _parts(s, w):
@@ -185,16 +194,17 @@ def wsq_decomposition(s, q, group, *, dominance: float = 2 / 3, confidence: floa
     """
     s, q, g, confidence = _wsq_iv(s, q, group, dominance, confidence, n_boot)
     w = np.where(s > 0, s * np.nan_to_num(q), 0.0)
-    sa, sb, qa, qb, dw, s_part, q_part = _parts((s[g].mean(), s[~g].mean()), (w[g].mean(), w[~g].mean()))
+    wa_mean, wb_mean = _mean(w[g]), _mean(w[~g])
+    sa, sb, qa, qb, dw, s_part, q_part = _parts((_mean(s[g]), _mean(s[~g])), (wa_mean, wb_mean))
     with np.errstate(divide="ignore", invalid="ignore"):
         share = float(s_part / dw) if dw != 0 else np.nan
-        lrw, lrs, lrq = (float(np.log(w[g].mean() / w[~g].mean())), float(np.log(sa / sb)),
+        lrw, lrs, lrq = (float(np.log(wa_mean / wb_mean)), float(np.log(sa / sb)),
                          float(np.log(qa / qb)))
     gen = as_generator(rng)
     ia, ib = np.flatnonzero(g), np.flatnonzero(~g)
     ba = gen.choice(ia, size=(n_boot, ia.size))
     bb = gen.choice(ib, size=(n_boot, ib.size))
-    bs = _parts((s[ba].mean(1), s[bb].mean(1)), (w[ba].mean(1), w[bb].mean(1)))
+    bs = _parts((_mean(s[ba]), _mean(s[bb])), (_mean(w[ba]), _mean(w[bb])))
     with np.errstate(divide="ignore", invalid="ignore"):
         boot_share = bs[5] / bs[4]
     n_dropped = int(np.sum(~np.isfinite(boot_share)))
@@ -234,8 +244,8 @@ def wsq_decomposition(s, q, group, *, dominance: float = 2 / 3, confidence: floa
     return WSQResult(
         n_a=int(g.sum()), n_b=int((~g).sum()), s_a=float(sa), s_b=float(sb), q_a=float(qa),
         q_b=float(qb), q_mean_a=float(qa_sel.mean()) if qa_sel.size else np.nan,
-        q_mean_b=float(qb_sel.mean()) if qb_sel.size else np.nan, w_a=float(w[g].mean()),
-        w_b=float(w[~g].mean()), delta_w=float(dw), s_part=float(s_part), q_part=float(q_part),
+        q_mean_b=float(qb_sel.mean()) if qb_sel.size else np.nan, w_a=float(wa_mean),
+        w_b=float(wb_mean), delta_w=float(dw), s_part=float(s_part), q_part=float(q_part),
         s_share=share, s_share_ci=ci, log_ratio_w=lrw, log_ratio_s=lrs, log_ratio_q=lrq,
         d_s=d_s, d_q=d_q, d_w=d_w, carrier=carrier, dominance=float(dominance),
         n_q_missing_a=int(np.sum(g & (s == 0))), n_q_missing_b=int(np.sum(~g & (s == 0))),
