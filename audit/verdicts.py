@@ -30,6 +30,10 @@ _MENTAL = re.compile(r"\b(conscious(ness)?|sentien(t|ce)|subjective|qualia|exper
 # ("matched NOFIRE controls", "lexical controls") it names a comparison group, and the lint leaves it alone
 _CAUSAL = re.compile(r"\b(caus(e|es|ed|al|ally)|necessary|responsible for|drives?|controls?(?=\s+(the|its|their|his|her|what|"
                      r"which|whether|how|when|generation|output|routing)\b)|controlled by|the mechanism)\b", re.I)
+# Sufficiency: that the unit alone produces the behaviour. Ablation removes a unit and shows what the margin
+# loses without it (necessity); natural routing shows co-occurrence. Neither restores the behaviour from the
+# unit alone, so a sufficiency claim is unsupported whatever the data.
+_SUFFICIENT = re.compile(r"\b(sufficien(t|cy)|suffices?|is enough to|alone (produces|restores|recovers))\b", re.I)
 # A negation covers a phrase only when it stands right before it: at most three words between, none of
 # them turning the clause ("not subjective experience", "rather than the model's feelings"; but not
 # "is not lexical but reflects the model's feelings" or "is not a bystander: it drives").
@@ -76,6 +80,7 @@ def resolve_threshold(name: str, value: float, quantities: dict[str, float], *, 
 
 MENTAL_STATE = "mental_state"
 CAUSAL_FROM_NATURAL = "causal_from_natural"
+SUFFICIENCY = "sufficiency_untested"
 
 
 def scope_lint(claim: str, design: Design, evidence_type: str | None) -> list[Flag]:
@@ -91,6 +96,12 @@ def scope_lint(claim: str, design: Design, evidence_type: str | None) -> list[Fl
     if natural and match and not _NEGATED.search(claim[: match.start()]):
         problems.append(Flag(CAUSAL_FROM_NATURAL, f"makes a causal claim ({match.group(0)!r}) from natural-routing evidence; "
                              "necessity needs an intervention"))
+    match = _SUFFICIENT.search(claim)
+    if match and not _NEGATED.search(claim[: match.start()]):
+        problems.append(Flag(SUFFICIENCY, f"makes a sufficiency claim ({match.group(0)!r}) from "
+                             f"{'natural-routing' if natural else design.name} evidence, which shows at most what the "
+                             "outcome loses without the unit, never that the unit alone produces it; claim what the "
+                             "drop shows (e.g. 'necessary'), or test sufficiency by restoring the unit's signal alone"))
     return problems
 
 

@@ -198,12 +198,17 @@ def _routing_hypotheses(unit: str, groups: tuple[str, str], runs: list[dict], sp
     return hyps, analyses, names
 
 
-def _hypotheses(targets: list[str], has_control: bool, split: str) -> tuple[list[dict], list[dict], list[str]]:
+#: how a claim names the replacement the study's ablation arm uses (the claim-word rules check it)
+ARM_WORDS = {"mean": ("Mean-ablating", "mean-ablated"), "zero": ("Zero-ablating", "zero-ablated")}
+
+
+def _hypotheses(targets: list[str], has_control: bool, split: str, kind: str = "mean") -> tuple[list[dict], list[dict], list[str]]:
     listed = ", ".join(targets)
+    verb, done = ARM_WORDS[kind]
     hyps = [{
         "id": "H1", "kind": "confirmatory", "direction": "greater", "analysis": "B1", "evidence_type": "intervention",
         "thresholds": ["alpha", "min_mean_drop_logits"],
-        "claim": (f"Mean-ablating the proposed slots ({listed}) together at the input of the attention output "
+        "claim": (f"{verb} the proposed slots ({listed}) together at the input of the attention output "
                   "projection reduces the clean logit-difference margin on headline pairs by at least "
                   "min_mean_drop_logits on average, with a sign-flip test of mean drop > 0 below alpha."),
     }]
@@ -230,7 +235,7 @@ def _hypotheses(targets: list[str], has_control: bool, split: str) -> tuple[list
     hyps.append({
         "id": f"H{n}", "kind": "confirmatory", "direction": "greater", "analysis": "B3", "evidence_type": "intervention",
         "thresholds": ["alpha", "max_target_rank"],
-        "claim": (f"In the all-slot baseline, where each head slot is mean-ablated alone and scored by its mean "
+        "claim": (f"In the all-slot baseline, where each head slot is {done} alone and scored by its mean "
                   f"headline drop, {targets[0]} has a max-T step-down adjusted sign-flip p below alpha and ranks at "
                   "most max_target_rank."),
     })
@@ -319,7 +324,8 @@ def propose(study_dir: Path, out: Path, *, study_id: str | None = None, top: int
              "note": f"ranked {ranks[t]} by {probe} on the discovery split of {frozen.study_id}"} for t in targets]
         spec.setdefault("ablation", {})["combined"] = list(targets)
         has_control = any(p["class"] == "control" and p["split"] == split for p in prompts)
-        spec["hypotheses"], spec["analyses"], names = _hypotheses(targets, has_control, split)
+        spec["hypotheses"], spec["analyses"], names = _hypotheses(targets, has_control, split,
+                                                                  spec["ablation"].get("kind", "mean"))
     counts: dict[str, dict[str, int]] = {"classes": {}, "splits": {}}
     for p in prompts:
         counts["classes"][p["class"]] = counts["classes"].get(p["class"], 0) + 1

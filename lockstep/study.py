@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import variants
+from .claim_words import check_claim_words
 from .designs import ANALYSIS_OUTPUTS, DESIGNS, Design, design_of, threshold_quantity
 from .errors import ProblemList
 from .lexicon import PILOT_FILE, anchor_overlaps, check_pilot
@@ -208,6 +209,8 @@ def _cross_checks(root: Path, study: Parsed, prompts: Parsed, rubric: Parsed, th
         steps.append(lambda i=i: _check_analysis_references(i, study, prompts, rubric, add))
     steps += [
         lambda: _check_claims(study.data, prompts.data, study, add),
+        lambda: check_claim_words(study.data, prompts.data, thresholds.data,
+                                  lambda pointer, message: add("study.yaml", study, pointer, message)),
         lambda: _check_sampling_plan(study.data, prompts.data, study, add),
         lambda: _check_design_fit(study, prompts, rubric, add),
         lambda: _check_extra_files(root, study.data, study, add),

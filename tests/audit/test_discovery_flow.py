@@ -273,3 +273,16 @@ def test_a_contrast_of_a_class_with_itself_is_refused(tmp_path):
     (study / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     said = lockstep("validate", study, cwd=repo, check=False)
     assert said.returncode == 1 and "compares class 'FIRE' with itself" in said.stderr
+
+
+def test_the_draft_names_the_ablation_arm_the_study_uses():
+    # the claim-word rules refuse a claim naming another arm than its analysis reads: a discovery study
+    # that zero-ablates gets a draft that says so, one that mean-ablates a draft that says that
+    from lockstep.propose import _hypotheses
+
+    for kind, verb, done in (("zero", "Zero-ablating", "zero-ablated"), ("mean", "Mean-ablating", "mean-ablated")):
+        hyps, analyses, _ = _hypotheses(["L3H2", "L1H1"], True, "heldout", kind)
+        assert hyps[0]["claim"].startswith(f"{verb} the proposed slots (L3H2, L1H1)")
+        assert f"each head slot is {done} alone" in hyps[-1]["claim"]
+        other = "mean" if kind == "zero" else "zero"
+        assert not any(f"{other}-ablat" in h["claim"].lower() for h in hyps)

@@ -82,6 +82,17 @@ def test_unsupported_when_natural_routing_backs_a_causal_claim():
     assert decide(hypothesis("Ablating the cluster causes the margin to drop."), outcome(), THRESHOLDS, ABLATION).status == "held"
 
 
+def test_unsupported_when_an_ablation_backs_a_sufficiency_claim():
+    """A drop shows what the margin loses without the unit (necessity), never that the unit alone produces it."""
+    verdict = decide(hypothesis("L3H2 is necessary and sufficient for the recall: ablating it drops the margin."),
+                     outcome(), THRESHOLDS, ABLATION)
+    assert verdict.status == "unsupported" and verdict.codes == ("sufficiency_untested",), verdict
+    assert "'sufficient'" in verdict.reason and "ablation evidence" in verdict.reason
+    # necessity alone is what a drop shows; a negated sufficiency claims nothing more
+    assert decide(hypothesis("L3H2 is necessary for the recall."), outcome(), THRESHOLDS, ABLATION).status == "held"
+    assert scope_lint("L3H2 is necessary, though not sufficient, for the recall.", ABLATION, "intervention") == []
+
+
 def test_the_lint_respects_negation():
     assert scope_lint("L14E114 tracks a generated register, not subjective experience.", ROUTING, None) == []
     assert scope_lint("is associated with a generated first-person self-examination register", ROUTING, None) == []
