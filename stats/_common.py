@@ -79,6 +79,13 @@ def check_resampling(alternative, n_resamples, exact_cap, batch, alternatives) -
 _SAFE_SCALE = 2.0 ** 400
 
 
+def column_absmax(x: np.ndarray) -> np.ndarray:
+    """``np.abs(x).max(axis=0)`` without the N×F temporary (two reductions); 0 for no rows."""
+    if not x.shape[0]:
+        return np.zeros(x.shape[1:])
+    return np.maximum(x.max(axis=0), -x.min(axis=0))
+
+
 def unit_exponents(x: np.ndarray) -> np.ndarray | None:
     """Per column of ``x`` (N×F, float64), the power of two ``k`` with ``max|x|·2⁻ᵏ`` in [0.5, 1), or
     None when no column needs scaling (every nonzero column's largest ``|value|`` within 2^±400).
@@ -86,7 +93,7 @@ def unit_exponents(x: np.ndarray) -> np.ndarray | None:
     Scaling a column by ``2⁻ᵏ`` is exact, so what is computed on scaled data (means, variances, t)
     equals the unscaled computation bit for bit wherever that one neither overflows nor underflows,
     and stays finite for data near 1e±154 and beyond, where squares would overflow or vanish."""
-    top = np.abs(x).max(axis=0) if x.shape[0] else np.zeros(x.shape[1])
+    top = column_absmax(x)
     nonzero = top[top > 0]
     if not nonzero.size or (nonzero.max() < _SAFE_SCALE and nonzero.min() > 1.0 / _SAFE_SCALE):
         return None

@@ -66,7 +66,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from stats._common import unit_exponents
+from stats._common import column_absmax, unit_exponents
 
 TWO_SAMPLE_STATISTICS = ("mean_diff", "student_t", "welch_t")
 PAIRED_STATISTICS = ("mean", "paired_t")
@@ -185,7 +185,7 @@ def check_range(z: np.ndarray, n_terms: int, dtype, what: str) -> None:
     if not z.size:
         return
     fi = np.finfo(dtype)
-    top = np.abs(z).max(axis=0)
+    top = column_absmax(z)
     if np.isfinite(top).all() and top.max() * n_terms < fi.max and top.min() > fi.tiny:
         return
     fix = "pass dtype=numpy.float64 or rescale `x`" if dtype != np.float64 else "rescale `x`"
