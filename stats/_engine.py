@@ -685,22 +685,9 @@ def collect(blocks: Iterator[np.ndarray], lay: _Layout, g_obs: np.ndarray, s_obs
     null_keep = np.concatenate(kept) if kept else None
     count_unc = lay.from_columns(tally.count_unc)
     count_sd = (np.repeat(tally.sd_all, lay.k) + tally.sd_part)[:nf]
-    p, count_unc, count_sd, null_max, null_keep, count_ss = finish_counts(
-        half, p, count_unc, count_sd, null_max, null_keep, tally.thr_b.ravel()[:nf])
-    inv = np.argsort(lay.order)
-    return ScanResult(
-        observed=observed,
-        observed_score=s_obs,
-        count_unc=count_unc[inv],
-        count_ss=count_ss[inv].astype(np.int64),
-        count_sd=count_sd[inv] if stepdown else np.full(nf, -1, np.int64),
-        null_max=null_max,
-        null_keep=null_keep,
-        n_resamples=p,
-        exact=exact,
-        thr=thr,
-        min_count=(2 if half else 1) if exact else 0,
-    )
+    return finish(observed=observed, s_obs=s_obs, thr=thr, thr_sorted=tally.thr_b.ravel()[:nf],
+                  inv=np.argsort(lay.order), p=p, count_unc=count_unc, count_sd=count_sd, null_max=null_max,
+                  null_keep=null_keep, exact=exact, half=half, stepdown=stepdown)
 
 
 def default_batch(n_units: int) -> int:
@@ -738,10 +725,15 @@ def relabelings(design: str, n: int, n1: int, *, exact: bool, alternative: str, 
     return random_relabelings(design, n, n1, n_resamples, rng, batch, dtype), False
 
 
-def finish_counts(half: bool, p: int, count_unc, count_sd, null_max: np.ndarray, null_keep, thr) -> tuple:
-    """The scan's counts once every relabeling is tallied, shared by the numpy and torch backends: with
-    ``half``, each relabeling stands for itself and its complement (same score), so counts and ``p`` double
-    and the null maxima (and the target's kept null, negated) are repeated; then ``count_ss``, how many null
+def finish(*, observed: np.ndarray, s_obs: np.ndarray, thr: np.ndarray, thr_sorted, inv: np.ndarray, p: int,
+           count_unc, count_sd, null_max: np.ndarray, null_keep, exact: bool, half: bool,
+           stepdown: bool) -> ScanResult:
+    """The scan's result once every relabeling is tallied, shared by the numpy and torch backends.
+
+    Counts arrive in the backend's column order (``inv`` puts them back in unit order), with
+    ``thr_sorted`` the thresholds in that order as the tally compared them. With ``half``, each
+    relabeling stands for itself and its complement (same score), so counts and ``p`` double and the
+    null maxima (and the target's kept null, negated) are repeated; then ``count_ss``, how many null
     maxima reach each unit's threshold (single-step max-T)."""
     if half:
         p *= 2
@@ -751,5 +743,17 @@ def finish_counts(half: bool, p: int, count_unc, count_sd, null_max: np.ndarray,
         if null_keep is not None:
             null_keep = np.concatenate([null_keep, -null_keep])
     srt = np.sort(null_max)
-    count_ss = srt.size - np.searchsorted(srt, np.asarray(thr, dtype=np.float64), side="left")
-    return p, count_unc, count_sd, null_max, null_keep, count_ss
+    count_ss = srt.size - np.searchsorted(srt, np.asarray(thr_sorted, dtype=np.float64), side="left")
+    return ScanResult(
+        observed=observed,
+        observed_score=s_obs,
+        count_unc=np.asarray(count_unc)[inv].astype(np.int64),
+        count_ss=count_ss[inv].astype(np.int64),
+        count_sd=np.asarray(count_sd)[inv].astype(np.int64) if stepdown else np.full(s_obs.size, -1, np.int64),
+        null_max=null_max,
+        null_keep=null_keep,
+        n_resamples=p,
+        exact=exact,
+        thr=thr,
+        min_count=(2 if half else 1) if exact else 0,
+    )

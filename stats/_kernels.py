@@ -7,9 +7,9 @@ four passes over the chunk, each a separate ufunc call; here it is one read of e
 with numba because no ufunc fuses a compare, a count and a blocked maximum. The unbalanced Welch t
 (:func:`welch`) is computed in the same read, row by row (numpy: ten passes).
 
-One thread: after the product a chunk is read from memory, and a second thread gained nothing on the
-2-core machine of bench/RESULTS.md, while numba's OpenMP workers, spinning after each call, slowed
-the next BLAS product (OpenBLAS's own threads spin the same way).
+One thread: a second one gained nothing in the scan on the 2-core machine of bench/RESULTS.md, where
+OpenBLAS's workers, spinning after each product, hold the other core (with their spin cut short by
+``OPENBLAS_THREAD_TIMEOUT=4``, two threads gained 1.3×).
 
 The numpy passes (:meth:`stats._engine._Tally.add`, :func:`stats._engine._welch_inplace`) stay as
 the fallback where numba cannot be imported (or ``LOCKSTEP_KERNELS=numpy``) and as the reference the

@@ -249,18 +249,6 @@ def _collect(torch, blocks, cols: np.ndarray, s_obs: np.ndarray, thr: np.ndarray
     null_keep = torch.cat(kept).cpu().numpy() if kept else None
     count_unc = count_unc.cpu().numpy()
     count_sd = count_sd.cpu().numpy()
-    p, count_unc, count_sd, null_max, null_keep, count_ss = _engine.finish_counts(
-        half, p, count_unc, count_sd, null_max, null_keep, thr_d)
-    return _engine.ScanResult(
-        observed=observed,
-        observed_score=s_obs,
-        count_unc=count_unc[inv].astype(np.int64),
-        count_ss=count_ss[inv].astype(np.int64),
-        count_sd=count_sd[inv].astype(np.int64) if stepdown else np.full(nf, -1, np.int64),
-        null_max=null_max,
-        null_keep=null_keep,
-        n_resamples=p,
-        exact=exact,
-        thr=thr,
-        min_count=(2 if half else 1) if exact else 0,
-    )
+    return _engine.finish(observed=observed, s_obs=s_obs, thr=thr, thr_sorted=thr_d, inv=inv, p=p,
+                          count_unc=count_unc, count_sd=count_sd, null_max=null_max, null_keep=null_keep,
+                          exact=exact, half=half, stepdown=stepdown)
